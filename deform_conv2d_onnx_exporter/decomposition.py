@@ -1,0 +1,360 @@
+"""DCNv2 (torchvision's ``deform_conv2d``) described as standard ONNX operators.
+
+The computation, for output position (oy, ox), kernel tap k = (i, j) and offset group g:
+
+    p0 + pk = (oy·stride_h − pad_h + i·dil_h,  ox·stride_w − pad_w + j·dil_w)     regular grid
+    p       = p0 + pk + Δp_k                                                      Δp from ``offset``
+    col[c, k, oy, ox] = Δm_k · bilinear(input[c], p)                              Δm from ``mask``
+    out[co, oy, ox]   = bias[co] + Σ_{c in group(co), k} weight[co, c, k] · col[c, k, oy, ox]
+
+Coordinates are (y, x) in the frame of the *unpadded* input: pixel (0, 0) is input[..., 0, 0].
+A sample is zero when y ≤ −1, y ≥ H, x ≤ −1 or x ≥ W; inside that window each of its four
+corners that lies outside the image contributes zero. To read those corners without per-corner
+tests, the input is zero-padded by 2 rows/columns before (top, left) and 1 after (bottom, right):
+every corner of an in-window sample then lands inside the padded image, and a sample outside
+the window is moved to (−2, −2), whose four corners are all padding, so it reads exact zeros
+(even where the input holds Inf or NaN).
+
+Shape names used in the comments: B batch, C input channels, og offset groups, Cg = C / og,
+G groups, K = kh·kw taps, (oh, ow) output size, L = oh·ow, Hp = H + 3, Wp = W + 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Optional, Sequence, Union
+
+import numpy as np
+from onnx import TensorProto
+
+from .emitter import Emitter, V
+from .params import DeformConvExportError, DeformConvParams
+
+#: Rows/columns of zeros added before and after the input; see the module docstring.
+_PAD_BEFORE = 2
+_PAD_AFTER = 1
+#: Where samples outside the window are moved: all four corners fall in the padding.
+_OUTSIDE = -float(_PAD_BEFORE)
+
+_FLOAT_TYPES = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.DOUBLE: np.float64,
+    # Half-precision inputs are sampled in float32: fp16 cannot even hold the pixel
+    # coordinates of a wide image exactly (its spacing is 0.5 above 1024).
+    TensorProto.FLOAT16: np.float32,
+    TensorProto.BFLOAT16: np.float32,
+}
+
+
+@dataclass(frozen=True)
+class LoweringOptions:
+    """How the core samples the input.
+
+    Attributes:
+        use_gathernd: gather channel vectors with GatherND (batch_dims=2) from a channels-last
+            copy of the input; otherwise gather single elements with GatherElements, whose index
+            is expanded to every channel.
+        enable_openvino_patch: after GatherND, reshape to a shape computed from the inputs
+            instead of trusting the op's inferred output shape, which OpenVINO gets wrong.
+    """
+
+    use_gathernd: bool = True
+    enable_openvino_patch: bool = False
+
+
+#: A dimension: a Python int when static, else a 1-D int64 graph value of length 1.
+Dim = Union[int, V]
+
+
+def deform_conv2d(
+    e: Emitter[V],
+    params: DeformConvParams,
+    options: LoweringOptions,
+    input: V,
+    weight: V,
+    offset: V,
+    mask: Optional[V],
+    bias: Optional[V],
+) -> V:
+    """Emit the graph of ``torchvision::deform_conv2d`` and return its output.
+
+    Args:
+        e: where the nodes go.
+        params: the validated call parameters.
+        options: the sampling strategy.
+        input: (B, C, H, W).
+        weight: (Cout, C / G, kh, kw).
+        offset: (B, og·K·2, oh, ow), channels laid out (og, kh, kw, [Δy, Δx]).
+        mask: (B, og·K, oh, ow), channels laid out (og, kh, kw); read only if ``params.use_mask``.
+        bias: (Cout,) or None.
+
+    Returns:
+        (B, Cout, oh, ow), in the input's dtype.
+    """
+    g = _Builder(e, _compute_dtype(e, input))
+    in_type = e.elem_type(input)
+    assert in_type is not None  # checked by _compute_dtype
+    input, weight, offset = g.to_compute(input), g.to_compute(weight), g.to_compute(offset)
+
+    y, x = _sampling_points(g, params, input, offset)  # (B, og, K, L, 1) each
+    modulation = _modulation(g, params, mask) if params.use_mask else None
+    corner_index, corner_weight = _bilinear_corners(g, input, y, x, modulation)
+    columns = _sample_columns(g, params, options, input, corner_index, corner_weight)
+    out = _convolve_columns(g, params, columns, weight, offset)
+
+    if bias is not None:
+        # bias: (Cout,) -> (Cout, 1, 1) to broadcast over (B, Cout, oh, ow)
+        bias = g.reshape(g.to_compute(bias), [params.out_channels, 1, 1])
+        out = e.op("Add", out, bias)
+    if in_type != g.onnx_dtype:
+        out = e.op("Cast", out, to=in_type)
+    return out
+
+
+def _compute_dtype(e: Emitter[V], input: V) -> type[np.floating]:
+    elem_type = e.elem_type(input)
+    if elem_type is None:
+        raise DeformConvExportError(
+            "input: the element type must be known at export time, got an unknown dtype"
+        )
+    if elem_type not in _FLOAT_TYPES:
+        name = TensorProto.DataType.Name(elem_type).lower()
+        raise DeformConvExportError(
+            f"input: expected a floating-point tensor (float16, bfloat16, float32, float64), "
+            f"got {name}"
+        )
+    return _FLOAT_TYPES[elem_type]
+
+
+def _sampling_points(
+    g: _Builder[V], params: DeformConvParams, input: V, offset: V
+) -> tuple[V, V]:
+    """p = p0 + pk + Δp, in unpadded input pixels.
+
+    Returns:
+        (y, x), each (B, og, K, L, 1).
+    """
+    og, taps = params.offset_groups, params.taps
+    oh, ow = g.dim(offset, 2), g.dim(offset, 3)
+    # offset: (B, og·K·2, oh, ow) -> (B, og, K, 2, oh, ow)
+    offset = g.reshape(offset, [0, og, taps, 2, oh, ow])
+    points = []
+    for axis in (0, 1):  # y, then x
+        # delta: (B, og, K, 1, oh, ow)
+        delta = g.e.op("Gather", offset, g.int64([axis]), axis=3)
+        # base: (K, 1, oh, 1) for y, (K, 1, 1, ow) for x
+        base = g.e.op("Add", _kernel_taps(g, params, axis), _output_positions(g, params, axis, (oh, ow)))
+        point = g.e.op("Add", delta, base)
+        # point: (B, og, K, 1, oh, ow) -> (B, og, K, L, 1)
+        points.append(g.reshape(point, [0, og, taps, -1, 1]))
+    return points[0], points[1]
+
+
+def _kernel_taps(g: _Builder[V], params: DeformConvParams, axis: int) -> V:
+    """pk along one axis: i·dil_h (axis 0) or j·dil_w (axis 1) for every tap, as (K, 1, 1, 1)."""
+    kh, kw = params.kernel
+    i, j = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    tap = (i if axis == 0 else j).reshape(-1, 1, 1, 1) * params.dilation[axis]
+    return g.floats(tap)
+
+
+def _output_positions(
+    g: _Builder[V], params: DeformConvParams, axis: int, out_size: tuple[Dim[V], Dim[V]]
+) -> V:
+    """p0 along one axis: o·stride − pad for every output row (axis 0, as (oh, 1)) or column (axis 1, as (ow,))."""
+    stride, pad = params.stride[axis], params.padding[axis]
+    n = out_size[axis]
+    shape = [-1, 1] if axis == 0 else [-1]
+    if isinstance(n, int):
+        return g.floats((np.arange(n) * stride - pad).reshape(shape))
+    count = g.reshape(n, [])  # Range takes scalars
+    positions = g.e.op("Range", g.int64(0), count, g.int64(1))
+    positions = g.e.op("Cast", positions, to=g.onnx_dtype)
+    positions = g.e.op("Add", g.e.op("Mul", positions, g.floats(stride)), g.floats(-pad))
+    return g.reshape(positions, shape)
+
+
+def _modulation(g: _Builder[V], params: DeformConvParams, mask: Optional[V]) -> V:
+    """Δm: (B, og·K, oh, ow) -> (B, og, K, L, 1)."""
+    if mask is None:
+        raise DeformConvExportError("mask: use_mask is True but no mask tensor was given")
+    return g.reshape(g.to_compute(mask), [0, params.offset_groups, params.taps, -1, 1])
+
+
+def _bilinear_corners(
+    g: _Builder[V], input: V, y: V, x: V, modulation: Optional[V]
+) -> tuple[V, V]:
+    """The four corners of every sample and their weights.
+
+    Args:
+        input: (B, C, H, W), only for H and W.
+        y, x: (B, og, K, L, 1), unpadded frame.
+        modulation: (B, og, K, L, 1) or None.
+
+    Returns:
+        index: (B, og, K, L, 4) int64, flat positions in the padded (Hp, Wp) image, corners
+            ordered (y0, x0), (y0, x1), (y1, x0), (y1, x1).
+        weight: (B, og, K, L, 4), bilinear weight times modulation.
+    """
+    e = g.e
+    height = g.dim_as_float(input, 2)
+    width = g.dim_as_float(input, 3)
+    minus_one = g.floats(-1.0)
+    inside = e.op(
+        "And",
+        e.op("And", e.op("Greater", y, minus_one), e.op("Less", y, height)),
+        e.op("And", e.op("Greater", x, minus_one), e.op("Less", x, width)),
+    )
+    outside = g.floats(_OUTSIDE)
+    y = e.op("Where", inside, y, outside)
+    x = e.op("Where", inside, x, outside)
+
+    y0, x0 = e.op("Floor", y), e.op("Floor", x)
+    ly, lx = e.op("Sub", y, y0), e.op("Sub", x, x0)  # distance to the top-left corner
+    one = g.floats(1.0)
+    hy, hx = e.op("Sub", one, ly), e.op("Sub", one, lx)
+    weights = [e.op("Mul", hy, hx), e.op("Mul", hy, lx), e.op("Mul", ly, hx), e.op("Mul", ly, lx)]
+    weight = e.op("Concat", *weights, axis=-1)
+    if modulation is not None:
+        weight = e.op("Mul", weight, modulation)
+
+    # Flat index in the padded image: (y + 2)·Wp + (x + 2), computed in int64 so that it is exact.
+    padded_width = g.dim_plus(input, 3, _PAD_BEFORE + _PAD_AFTER)
+    row = e.op("Add", e.op("Cast", y0, to=TensorProto.INT64), g.int64(_PAD_BEFORE))
+    col = e.op("Add", e.op("Cast", x0, to=TensorProto.INT64), g.int64(_PAD_BEFORE))
+    top_left = e.op("Add", e.op("Mul", row, padded_width), col)
+    top_right = e.op("Add", top_left, g.int64(1))
+    bottom_left = e.op("Add", top_left, padded_width)
+    bottom_right = e.op("Add", bottom_left, g.int64(1))
+    index = e.op("Concat", top_left, top_right, bottom_left, bottom_right, axis=-1)
+    return index, weight
+
+
+def _sample_columns(
+    g: _Builder[V],
+    params: DeformConvParams,
+    options: LoweringOptions,
+    input: V,
+    index: V,
+    weight: V,
+) -> V:
+    """Bilinear samples of every channel at every tap: the "columns" of the convolution.
+
+    Args:
+        input: (B, C, H, W).
+        index: (B, og, K, L, 4) int64 flat corner positions in the padded image.
+        weight: (B, og, K, L, 4) corner weights.
+
+    Returns:
+        (B, og, Cg, K, L, 1).
+    """
+    e = g.e
+    og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
+    before, after = [0, 0, _PAD_BEFORE, _PAD_BEFORE], [0, 0, _PAD_AFTER, _PAD_AFTER]
+    padded = e.op("Pad", input, g.int64(before + after))  # (B, C, Hp, Wp)
+    # image: (B, og, Cg, Hp·Wp)
+    image = g.reshape(padded, [0, og, cg, -1])
+
+    if options.use_gathernd:
+        # rows: (B, og, Hp·Wp, Cg), one channel vector per padded pixel
+        rows = e.op("Transpose", image, perm=[0, 1, 3, 2])
+        # index: (B, og, K·L·4, 1)
+        index = g.reshape(index, [0, og, -1, 1])
+        corners = e.op("GatherND", rows, index, batch_dims=2)  # (B, og, K·L·4, Cg)
+        if options.enable_openvino_patch:
+            corners = g.reshape(corners, [g.dim(input, 0), og, -1, cg])
+        # corners: (B, og, K, L, 4, Cg); weight: (B, og, K, L, 1, 4)
+        corners = g.reshape(corners, [0, og, taps, -1, 4, cg])
+        weight = g.reshape(weight, [0, og, taps, -1, 1, 4])
+        samples = e.op("MatMul", weight, corners)  # (B, og, K, L, 1, Cg)
+        return e.op("Transpose", samples, perm=[0, 1, 5, 2, 3, 4])
+
+    # index: (B, og, 1, K·L·4) -> (B, og, Cg, K·L·4), the same positions for every channel
+    index = g.reshape(index, [0, og, 1, -1])
+    index = e.op("Expand", index, g.int64([1, 1, cg, 1]))
+    corners = e.op("GatherElements", image, index, axis=3)  # (B, og, Cg, K·L·4)
+    # corners: (B, og, Cg, K, L, 4); weight: (B, og, 1, K, L, 4)
+    corners = g.reshape(corners, [0, og, cg, taps, -1, 4])
+    weight = g.reshape(weight, [0, og, 1, taps, -1, 4])
+    return g.reduce_sum_last(e.op("Mul", corners, weight))
+
+
+def _convolve_columns(
+    g: _Builder[V], params: DeformConvParams, columns: V, weight: V, offset: V
+) -> V:
+    """The grouped 1×1 product of the kernel with the sampled columns.
+
+    Args:
+        columns: (B, og, Cg, K, L, 1); its memory order is (B, C, K, L) = (B, G, C/G, K, L).
+        weight: (Cout, C/G, kh, kw).
+        offset: the original offset, only for (oh, ow).
+
+    Returns:
+        (B, Cout, oh, ow).
+    """
+    groups, cout = params.groups, params.out_channels
+    reduced = params.channels_per_group * params.taps
+    columns = g.reshape(columns, [0, groups, reduced, -1])  # (B, G, C/G·K, L)
+    kernel = g.reshape(weight, [groups, cout // groups, reduced])  # (G, Cout/G, C/G·K)
+    out = g.e.op("MatMul", kernel, columns)  # (B, G, Cout/G, L)
+    return g.reshape(out, [0, cout, g.dim(offset, 2), g.dim(offset, 3)])
+
+
+class _Builder(Generic[V]):
+    """Shape and constant helpers over an emitter, in one compute dtype."""
+
+    def __init__(self, e: Emitter[V], dtype: type[np.floating]) -> None:
+        self.e = e
+        self.dtype = dtype
+        self.onnx_dtype = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+
+    def floats(self, value: Union[float, np.ndarray]) -> V:
+        return self.e.constant(np.asarray(value, dtype=self.dtype))
+
+    def int64(self, value: Union[int, Sequence[int]]) -> V:
+        return self.e.constant(np.asarray(value, dtype=np.int64))
+
+    def to_compute(self, value: V) -> V:
+        if self.e.elem_type(value) == self.onnx_dtype:
+            return value
+        return self.e.op("Cast", value, to=self.onnx_dtype)
+
+    def dim(self, value: V, axis: int) -> Dim[V]:
+        """value.shape[axis]: an int when static, else a (1,) int64 value read with Shape."""
+        shape = self.e.static_shape(value)
+        if shape is not None and shape[axis] is not None:
+            return int(shape[axis])  # type: ignore[arg-type]
+        return self.e.op("Gather", self.e.op("Shape", value), self.int64([axis]))
+
+    def dim_plus(self, value: V, axis: int, extra: int) -> V:
+        """value.shape[axis] + extra as a (1,) int64 value."""
+        dim = self.dim(value, axis)
+        if isinstance(dim, int):
+            return self.int64([dim + extra])
+        return self.e.op("Add", dim, self.int64([extra]))
+
+    def dim_as_float(self, value: V, axis: int) -> V:
+        """value.shape[axis] as a compute-dtype scalar-like (1,) value."""
+        dim = self.dim(value, axis)
+        if isinstance(dim, int):
+            return self.floats([float(dim)])
+        return self.e.op("Cast", dim, to=self.onnx_dtype)
+
+    def reshape(self, value: V, shape: Sequence[Dim[V]]) -> V:
+        """Reshape to ``shape``, whose entries are ints (0 copies, -1 infers) or (1,) values."""
+        if 0 in shape and -1 not in shape:
+            # The legacy exporter's shape inference asserts on a 0 without a -1; the batch
+            # dimension (the only one we copy) can as well be inferred.
+            shape = [-1 if isinstance(d, int) and d == 0 else d for d in shape]
+        if all(isinstance(d, int) for d in shape):
+            target = self.int64([int(d) for d in shape])  # type: ignore[arg-type]
+        else:
+            parts = [self.int64([d]) if isinstance(d, int) else d for d in shape]
+            target = self.e.op("Concat", *parts, axis=0)
+        return self.e.op("Reshape", value, target)
+
+    def reduce_sum_last(self, value: V) -> V:
+        """Sum over the last axis, keeping it as size 1 (axes moved to an input in opset 13)."""
+        if self.e.opset >= 13:
+            return self.e.op("ReduceSum", value, self.int64([-1]), keepdims=1)
+        return self.e.op("ReduceSum", value, axes=[-1], keepdims=1)

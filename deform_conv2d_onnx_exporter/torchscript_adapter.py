@@ -1,0 +1,175 @@
+"""Adapter 1: the core emitted through a TorchScript symbolic, for the legacy exporter.
+
+Used by ``torch.onnx.export(..., dynamo=False)`` once :func:`register_deform_conv2d_onnx_op`
+has registered the symbolic for ``torchvision::deform_conv2d``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from . import _torch_compat, versions
+from .decomposition import LoweringOptions, deform_conv2d
+from .emitter import Attribute, Emitter
+from .params import DeformConvExportError, DeformConvParams
+
+OP_NAME = "torchvision::deform_conv2d"
+#: The lowest opset the decomposition is valid in: GatherND with batch_dims arrived in opset 12.
+MIN_OPSET = 12
+#: The symbolic is registered from torch's lowest opset, so that an export below MIN_OPSET
+#: reaches it and gets our error message rather than a generic "not supported".
+_REGISTERED_FROM_OPSET = 7
+
+_SCALAR_TYPES = {
+    "Float": TensorProto.FLOAT,
+    "Double": TensorProto.DOUBLE,
+    "Half": TensorProto.FLOAT16,
+    "BFloat16": TensorProto.BFLOAT16,
+    "Int": TensorProto.INT32,
+    "Long": TensorProto.INT64,
+    "Short": TensorProto.INT16,
+    "Char": TensorProto.INT8,
+    "Byte": TensorProto.UINT8,
+    "Bool": TensorProto.BOOL,
+}
+
+
+class DeformConvWarning(UserWarning):
+    """A call that works but probably does not do what the user meant."""
+
+
+class TorchScriptEmitter(Emitter["torch._C.Value"]):
+    """Emits into the legacy exporter's graph through its ``GraphContext``."""
+
+    def __init__(self, g: Any) -> None:
+        self.g = g
+        self.opset = _torch_compat.graph_opset(g)
+
+    def op(self, op_type: str, *inputs: torch._C.Value, **attributes: Attribute) -> torch._C.Value:
+        return self.g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()})
+
+    def constant(self, array: np.ndarray) -> torch._C.Value:
+        return self.g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(array)))
+
+    def static_shape(self, value: torch._C.Value) -> Optional[Sequence[Optional[int]]]:
+        value_type = value.type()
+        if not isinstance(value_type, torch._C.TensorType):
+            return None
+        return value_type.varyingSizes()
+
+    def elem_type(self, value: torch._C.Value) -> Optional[int]:
+        value_type = value.type()
+        if not isinstance(value_type, torch._C.TensorType) or value_type.scalarType() is None:
+            return None
+        return _SCALAR_TYPES.get(value_type.scalarType())
+
+
+def _suffixed(name: str, value: Attribute) -> str:
+    """TorchScript's ``g.op`` names an attribute's type by a suffix: ``axis_i``, ``mode_s``, ..."""
+    if isinstance(value, str):
+        return f"{name}_s"
+    if isinstance(value, float):
+        return f"{name}_f"
+    return f"{name}_i"
+
+
+def make_symbolic(options: LoweringOptions) -> Callable[..., torch._C.Value]:
+    """The symbolic function for ``torchvision::deform_conv2d`` with fixed lowering options."""
+
+    @_torch_compat.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def symbolic(
+        g: Any,
+        input: torch._C.Value,
+        weight: torch._C.Value,
+        offset: torch._C.Value,
+        mask: torch._C.Value,
+        bias: torch._C.Value,
+        stride_h: int,
+        stride_w: int,
+        pad_h: int,
+        pad_w: int,
+        dilation_h: int,
+        dilation_w: int,
+        groups: int,
+        offset_groups: int,
+        use_mask: bool,
+    ) -> torch._C.Value:
+        e = TorchScriptEmitter(g)
+        if e.opset < MIN_OPSET:
+            raise DeformConvExportError(
+                f"opset_version: the deform_conv2d decomposition needs opset >= {MIN_OPSET} "
+                f"(GatherND with batch_dims), got {e.opset}"
+            )
+        params = DeformConvParams.from_call(
+            input_shape=e.static_shape(input),
+            weight_shape=e.static_shape(weight),
+            offset_shape=e.static_shape(offset),
+            mask_shape=e.static_shape(mask),
+            stride=(stride_h, stride_w),
+            padding=(pad_h, pad_w),
+            dilation=(dilation_h, dilation_w),
+            groups=groups,
+            offset_groups=offset_groups,
+            use_mask=use_mask,
+        )
+        return deform_conv2d(e, params, options, input, weight, offset, mask, bias)
+
+    return symbolic
+
+
+#: The options of our current registration, None when not registered.
+_registered: Optional[LoweringOptions] = None
+
+
+def register_deform_conv2d_onnx_op(
+    use_gathernd: bool = True, enable_openvino_patch: bool = False
+) -> None:
+    """Register the decomposition with the legacy (TorchScript) exporter.
+
+    After this, ``torch.onnx.export(..., dynamo=False, opset_version=12 or higher)`` writes
+    ``torchvision::deform_conv2d`` as standard ONNX operators. Registering again replaces the
+    previous options. On torch >= 2.9, ``torch.onnx.export`` defaults to ``dynamo=True``, which
+    ignores this registration: pass ``dynamo=False``, or use :func:`export`.
+
+    Args:
+        use_gathernd: sample with GatherND (default) or GatherElements.
+        enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+    """
+    register(LoweringOptions(use_gathernd, enable_openvino_patch))
+    if versions.installed().dynamo_by_default:
+        warnings.warn(
+            f"deform_conv2d was registered for the legacy exporter only. torch "
+            f"{torch.__version__} defaults to torch.onnx.export(dynamo=True), which ignores "
+            f"this registration and writes ONNX DeformConv (opset >= 19). Pass dynamo=False to "
+            f"torch.onnx.export, or call deform_conv2d_onnx_exporter.export(...).",
+            DeformConvWarning,
+            stacklevel=2,
+        )
+
+
+def unregister_deform_conv2d_onnx_op() -> None:
+    """Remove the registration; harmless when nothing is registered."""
+    global _registered
+    if _registered is not None:
+        torch.onnx.unregister_custom_op_symbolic(OP_NAME, _REGISTERED_FROM_OPSET)
+        _registered = None
+
+
+def register(options: Optional[LoweringOptions]) -> None:
+    """Register the symbolic with ``options``, or unregister for None. No warning."""
+    global _registered
+    if options is None:
+        unregister_deform_conv2d_onnx_op()
+        return
+    torch.onnx.register_custom_op_symbolic(OP_NAME, make_symbolic(options), _REGISTERED_FROM_OPSET)
+    _registered = options
+
+
+def registered_options() -> Optional[LoweringOptions]:
+    """The options of the current registration, None when not registered."""
+    return _registered
