@@ -111,6 +111,47 @@ def deform_conv2d(
     return out
 
 
+def torchvision_deform_conv2d(
+    e: Emitter[V],
+    options: LoweringOptions,
+    input: V,
+    weight: V,
+    offset: V,
+    mask: V,
+    bias: V,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    offset_groups: int,
+    use_mask: bool,
+) -> V:
+    """Emit ``torchvision::deform_conv2d`` from the operator's own arguments, in schema order.
+
+    Validates the call against the static shapes the emitter knows, then emits
+    :func:`deform_conv2d`. The mask is a dummy when ``use_mask`` is False and is then not read.
+
+    Raises:
+        DeformConvExportError: for a call that cannot be exported correctly.
+    """
+    params = DeformConvParams.from_call(
+        input_shape=e.static_shape(input),
+        weight_shape=e.static_shape(weight),
+        offset_shape=e.static_shape(offset),
+        mask_shape=e.static_shape(mask),
+        stride=(stride_h, stride_w),
+        padding=(pad_h, pad_w),
+        dilation=(dilation_h, dilation_w),
+        groups=groups,
+        offset_groups=offset_groups,
+        use_mask=use_mask,
+    )
+    return deform_conv2d(e, params, options, input, weight, offset, mask, bias)
+
+
 def _compute_dtype(e: Emitter[V], input: V) -> type[np.floating]:
     elem_type = e.elem_type(input)
     if elem_type is None:

@@ -14,9 +14,9 @@ import torch
 from onnx import TensorProto
 
 from . import _torch_compat, versions
-from .decomposition import LoweringOptions, deform_conv2d
+from .decomposition import LoweringOptions, torchvision_deform_conv2d
 from .emitter import Attribute, Emitter
-from .params import DeformConvExportError, DeformConvParams
+from .params import DeformConvExportError
 
 OP_NAME = "torchvision::deform_conv2d"
 #: The lowest opset the decomposition is valid in: GatherND with batch_dims arrived in opset 12.
@@ -105,19 +105,10 @@ def make_symbolic(options: LoweringOptions) -> Callable[..., torch._C.Value]:
                 f"opset_version: the deform_conv2d decomposition needs opset >= {MIN_OPSET} "
                 f"(GatherND with batch_dims), got {e.opset}"
             )
-        params = DeformConvParams.from_call(
-            input_shape=e.static_shape(input),
-            weight_shape=e.static_shape(weight),
-            offset_shape=e.static_shape(offset),
-            mask_shape=e.static_shape(mask),
-            stride=(stride_h, stride_w),
-            padding=(pad_h, pad_w),
-            dilation=(dilation_h, dilation_w),
-            groups=groups,
-            offset_groups=offset_groups,
-            use_mask=use_mask,
+        return torchvision_deform_conv2d(
+            e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+            dilation_h, dilation_w, groups, offset_groups, use_mask,
         )
-        return deform_conv2d(e, params, options, input, weight, offset, mask, bias)
 
     return symbolic
 

@@ -1,0 +1,110 @@
+"""``export``: ``torch.onnx.export`` with deform_conv2d handled on whichever exporter is used."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from . import torchscript_adapter, versions
+from .decomposition import LoweringOptions
+from .onnxscript_adapter import create_deform_conv2d_custom_op
+
+#: ``torch.onnx.export`` takes the ``dynamo`` keyword from torch 2.4 on.
+_DYNAMO_KEYWORD = versions.Version("2.4")
+
+
+def export(
+    model: torch.nn.Module,
+    args: Any,
+    f: "str | os.PathLike[str] | Any",
+    *,
+    dynamo: Optional[bool] = None,
+    use_gathernd: bool = True,
+    enable_openvino_patch: bool = False,
+    custom_translation_table: Optional[Mapping[Callable[..., Any], Callable[..., Any]]] = None,
+    **kwargs: Any,
+) -> Any:
+    """Export ``model`` like ``torch.onnx.export``, writing deform_conv2d as standard operators.
+
+    The exporter is the one ``torch.onnx.export`` of the installed torch uses by default (legacy
+    before torch 2.9, dynamo from 2.9), unless ``dynamo`` says otherwise. On the legacy path the
+    symbolic is registered only for the duration of the call, and any registration made before
+    with :func:`register_deform_conv2d_onnx_op` is restored afterwards.
+
+    Args:
+        model: the module to export; it is not modified.
+        args: example inputs, as for ``torch.onnx.export``.
+        f: the file path (or file object) to write.
+        dynamo: True for the dynamo exporter (torch >= 2.6), False for the legacy one,
+            None for the installed torch's default.
+        use_gathernd: sample with GatherND (default) or GatherElements.
+        enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+        custom_translation_table: more translations for the dynamo exporter; it must not
+            translate deform_conv2d itself.
+        **kwargs: passed to ``torch.onnx.export`` (``opset_version``, ``input_names``,
+            ``dynamic_axes`` or ``dynamic_shapes``, ...).
+
+    Returns:
+        What ``torch.onnx.export`` returns (an ``ONNXProgram`` on the dynamo path).
+
+    Raises:
+        ValueError: ``dynamo=True`` on a torch without ``custom_translation_table``, or a
+            ``custom_translation_table`` that already translates deform_conv2d.
+        DeformConvExportError: a deform_conv2d call that cannot be exported correctly.
+    """
+    capabilities = versions.installed()
+    exporter = capabilities.choose_exporter(dynamo)
+    options = LoweringOptions(use_gathernd, enable_openvino_patch)
+    leftover = _new_file_guard(f)
+    try:
+        if exporter == "dynamo":
+            table = _translation_table(custom_translation_table, options)
+            return torch.onnx.export(
+                model, args, f, dynamo=True, custom_translation_table=table, **kwargs
+            )
+        if custom_translation_table:
+            raise ValueError(
+                "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
+                f"got a table of {len(custom_translation_table)} entries"
+            )
+        if capabilities.version >= _DYNAMO_KEYWORD:
+            kwargs["dynamo"] = False
+        previous = torchscript_adapter.registered_options()
+        torchscript_adapter.register(options)
+        try:
+            return torch.onnx.export(model, args, f, **kwargs)
+        finally:
+            torchscript_adapter.register(previous)
+    except BaseException:
+        leftover()
+        raise
+
+
+def _translation_table(
+    extra: Optional[Mapping[Callable[..., Any], Callable[..., Any]]], options: LoweringOptions
+) -> dict[Callable[..., Any], Callable[..., Any]]:
+    target = torch.ops.torchvision.deform_conv2d.default
+    table = dict(extra or {})
+    if target in table:
+        raise ValueError(
+            "custom_translation_table: expected no entry for torchvision::deform_conv2d "
+            "(export adds its own; use torch.onnx.export to supply yours), got one"
+        )
+    table[target] = create_deform_conv2d_custom_op(
+        options.use_gathernd, options.enable_openvino_patch
+    )
+    return table
+
+
+def _new_file_guard(f: Any) -> Callable[[], None]:
+    """A function that deletes ``f`` if it is a path that did not exist before the export."""
+    if not isinstance(f, (str, os.PathLike)) or os.path.exists(f):
+        return lambda: None
+
+    def remove() -> None:
+        if os.path.exists(f):
+            os.remove(f)
+
+    return remove

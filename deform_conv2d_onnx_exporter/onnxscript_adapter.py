@@ -1,0 +1,110 @@
+"""Adapter 2: the core emitted by a trace-only ONNXScript function, for the dynamo exporter.
+
+The function goes into ``torch.onnx.export(..., dynamo=True, custom_translation_table={
+torch.ops.torchvision.deform_conv2d.default: create_deform_conv2d_custom_op()})`` (torch >= 2.6).
+The exporter calls it while tracing, with ``onnx_ir.Value`` inputs that carry shapes (symbolic
+where dynamic) and dtypes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from . import decomposition
+from .decomposition import LoweringOptions
+from .emitter import Attribute, Emitter
+from .params import DeformConvExportError
+
+#: The opset of the operators this adapter writes. The exporter converts the model to its
+#: target opset (18 on torch 2.6 - 2.8, 20 from torch 2.9) afterwards.
+OPSET = 18
+
+
+def _onnxscript() -> Any:
+    try:
+        import onnx_ir
+        import onnxscript
+    except ImportError as error:
+        raise DeformConvExportError(
+            "onnxscript: the dynamo exporter path needs the packages onnxscript and onnx-ir "
+            f"(pip install onnxscript), got ImportError: {error}"
+        ) from error
+    return onnxscript, onnx_ir
+
+
+class OnnxScriptEmitter(Emitter[Any]):
+    """Emits through onnxscript's opset while the dynamo exporter traces the function."""
+
+    opset = OPSET
+
+    def __init__(self) -> None:
+        onnxscript, self._ir = _onnxscript()
+        self._ops = onnxscript.values.Opset("", OPSET)
+
+    def op(self, op_type: str, *inputs: Any, **attributes: Attribute) -> Any:
+        return getattr(self._ops, op_type)(*inputs, **attributes)
+
+    def constant(self, array: np.ndarray) -> Any:
+        return self._ops.Constant(value=self._ir.tensor(np.ascontiguousarray(array)))
+
+    def static_shape(self, value: Any) -> Optional[Sequence[Optional[int]]]:
+        if value.shape is None:
+            return None
+        return [d if isinstance(d, int) else None for d in value.shape]
+
+    def elem_type(self, value: Any) -> Optional[int]:
+        return None if value.dtype is None else int(value.dtype)
+
+
+def create_deform_conv2d_custom_op(
+    use_gathernd: bool = True, enable_openvino_patch: bool = False
+) -> Callable[..., Any]:
+    """The translation of ``torchvision::deform_conv2d`` for the dynamo exporter.
+
+    Has no side effects: it returns a new function and registers nothing.
+
+    Args:
+        use_gathernd: sample with GatherND (default) or GatherElements.
+        enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+
+    Returns:
+        A function to put in ``custom_translation_table`` under
+        ``torch.ops.torchvision.deform_conv2d.default``.
+
+    Example::
+
+        >>> op = create_deform_conv2d_custom_op()
+        >>> torch.onnx.export(model, (x,), "model.onnx", dynamo=True,
+        ...     custom_translation_table={torch.ops.torchvision.deform_conv2d.default: op})
+    """
+    _onnxscript()
+    options = LoweringOptions(use_gathernd, enable_openvino_patch)
+
+    # The exporter derives the ONNX signature from the annotations: the int and bool ones
+    # become attributes, and the unannotated tensors become inputs of any type.
+    def torchvision_deform_conv2d(
+        input,  # noqa: ANN001
+        weight,  # noqa: ANN001
+        offset,  # noqa: ANN001
+        mask,  # noqa: ANN001
+        bias,  # noqa: ANN001
+        stride_h: int,
+        stride_w: int,
+        pad_h: int,
+        pad_w: int,
+        dilation_h: int,
+        dilation_w: int,
+        groups: int,
+        offset_groups: int,
+        use_mask: bool,
+    ) -> Any:
+        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
+        e = OnnxScriptEmitter()
+        return decomposition.torchvision_deform_conv2d(
+            e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+            dilation_h, dilation_w, groups, offset_groups, use_mask,
+        )
+
+    return torchvision_deform_conv2d
