@@ -1,0 +1,22 @@
+"""Shared pytest options."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full-sweep",
+        action="store_true",
+        help="run the full cartesian configuration sweep (long) instead of the curated CI set",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sweep_case" in metafunc.fixturenames:
+        from test_sweep import curated_cases, full_cases
+
+        full = metafunc.config.getoption("--full-sweep")
+        cases = full_cases() if full else curated_cases()
+        metafunc.parametrize("sweep_case", cases, ids=[str(c) for c in cases])

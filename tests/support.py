@@ -1,0 +1,183 @@
+"""Building, exporting and running single deform_conv2d calls for the tests.
+
+Every numeric test compares ONNX Runtime (CPU) against torchvision's own kernel on the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+import torchvision
+
+import deform_conv2d_onnx_exporter as dce
+from deform_conv2d_onnx_exporter import versions
+
+Pair = tuple[int, int]
+
+#: Tolerances of the comparison with torchvision, per input dtype: (atol, rtol).
+TOLERANCE = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float64: (1e-10, 1e-10),
+    # Our graph samples fp16 inputs in fp32 and rounds the result once; torchvision's fp16
+    # kernel rounds at every step. The bound is a few fp16 ulps of the output's magnitude.
+    torch.float16: (2e-2, 1e-2),
+}
+
+#: Lowerings as (use_gathernd, enable_openvino_patch).
+LOWERINGS = {
+    "gathernd": (True, False),
+    "gathernd-openvino": (True, True),
+    "gatherelements": (False, False),
+    "gatherelements-openvino": (False, True),
+}
+
+EXPORTERS = ["legacy", "dynamo"] if versions.installed().has_dynamo_translation else ["legacy"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One deform_conv2d configuration. Pairs are (h, w)."""
+
+    in_channels: int = 4
+    out_channels: int = 6
+    height: int = 7
+    width: int = 9
+    kernel: Pair = (3, 3)
+    stride: Pair = (1, 1)
+    padding: Pair = (1, 1)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    offset_groups: int = 1
+    mask: bool = True
+    bias: bool = True
+    batch: int = 1
+
+    def with_(self, **changes: Any) -> "Case":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def out_size(self) -> Pair:
+        return (_out(self.height, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]),
+                _out(self.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]))
+
+    def __str__(self) -> str:
+        base = Case()
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != getattr(base, f.name)]
+        return ",".join(changed).replace(" ", "") or "base"
+
+
+def _out(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+
+
+class DeformConvCall(torch.nn.Module):
+    """torchvision.ops.deform_conv2d with this case's weight, bias and arguments.
+
+    forward(x (B, C, H, W), offset (B, 2·og·kh·kw, oh, ow)[, mask (B, og·kh·kw, oh, ow)]).
+    """
+
+    def __init__(self, case: Case, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        kh, kw = case.kernel
+        shape = (case.out_channels, case.in_channels // case.groups, kh, kw)
+        self.case = case
+        self.weight = torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype))
+        bias = torch.randn(case.out_channels, generator=generator).to(dtype)
+        self.bias = torch.nn.Parameter(bias) if case.bias else None
+        self.eval()
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        c = self.case
+        return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, c.stride,
+                                             c.padding, c.dilation, mask)
+
+
+def make_inputs(case: Case, dtype: torch.dtype = torch.float32, seed: int = 1,
+                batch: Optional[int] = None, size: Optional[Pair] = None) -> tuple[torch.Tensor, ...]:
+    """Random (x, offset[, mask]) for the case.
+
+    Offsets are randn × the kernel's extent, so many samples fall partly or wholly outside the
+    image; masks lie in [0, 1.5).
+    """
+    case = case.with_(batch=batch or case.batch, height=(size or (case.height,))[0],
+                      width=(size or (0, case.width))[1])
+    generator = torch.Generator().manual_seed(seed)
+    oh, ow = case.out_size
+    taps = case.kernel[0] * case.kernel[1]
+    reach = max(case.kernel[0] * case.dilation[0], case.kernel[1] * case.dilation[1])
+    x = torch.randn(case.batch, case.in_channels, case.height, case.width, generator=generator)
+    offset = torch.randn(case.batch, 2 * case.offset_groups * taps, oh, ow, generator=generator)
+    offset = offset * reach
+    inputs = [x, offset]
+    if case.mask:
+        inputs.append(torch.rand(case.batch, case.offset_groups * taps, oh, ow,
+                                 generator=generator) * 1.5)
+    return tuple(t.to(dtype) for t in inputs)
+
+
+def input_names(case: Case) -> list[str]:
+    return ["x", "offset", "mask"] if case.mask else ["x", "offset"]
+
+
+def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
+           lowering: str = "gathernd", names: Optional[list[str]] = None,
+           dynamic: bool = False, opset: Optional[int] = None) -> bytes:
+    """Export with our package's `export` and return the model bytes (checked by onnx)."""
+    use_gathernd, openvino = LOWERINGS[lowering]
+    names = names or [f"input{i}" for i in range(len(inputs))]
+    kwargs: dict[str, Any] = {"input_names": names}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic:
+        kwargs.update(_dynamic_kwargs(module, inputs, exporter, names))
+    if exporter == "dynamo":
+        kwargs["verbose"] = False
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        dce.export(module, inputs, path, dynamo=exporter == "dynamo",
+                   use_gathernd=use_gathernd, enable_openvino_patch=openvino, **kwargs)
+        data = onnx.load(path).SerializeToString()  # with any external data inlined
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    return data
+
+
+def _dynamic_kwargs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
+                    names: list[str]) -> dict[str, Any]:
+    """Batch, height and width of every 4-D input symbolic."""
+    if exporter == "legacy":
+        axes = {name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names}
+        return {"dynamic_axes": axes}
+    import inspect
+    params = list(inspect.signature(module.forward).parameters)
+    batch = torch.export.Dim("batch")
+    shapes: dict[str, Any] = {}
+    for param in params[: len(inputs)]:
+        shapes[param] = {0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    return {"dynamic_shapes": shapes}
+
+
+def run(model: bytes, names: list[str], inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """Run on ONNX Runtime's CPU provider."""
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+    return out
+
+
+def assert_matches(got: np.ndarray, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    atol, rtol = TOLERANCE[dtype]
+    want = expected.detach().numpy()
+    assert got.dtype == want.dtype, f"dtype {got.dtype} != torchvision's {want.dtype}"
+    assert got.shape == want.shape, f"shape {got.shape} != torchvision's {want.shape}"
+    scale = max(1.0, float(np.abs(want).max())) if dtype == torch.float16 else 1.0
+    np.testing.assert_allclose(got, want, atol=atol * scale, rtol=rtol)
