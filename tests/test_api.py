@@ -1,0 +1,159 @@
+"""The public API: registration state, export's choices, version detection and clear errors."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import os
+import warnings
+
+import pytest
+import torch
+
+import deform_conv2d_onnx_exporter as dce
+from deform_conv2d_onnx_exporter import torchscript_adapter, versions
+from deform_conv2d_onnx_exporter.decomposition import LoweringOptions
+from support import EXPORTERS, Case, DeformConvCall, assert_matches, export, input_names, \
+    make_inputs, run
+
+
+@pytest.fixture(autouse=True)
+def no_registration():
+    """Every test starts and ends unregistered."""
+    dce.unregister_deform_conv2d_onnx_op()
+    yield
+    dce.unregister_deform_conv2d_onnx_op()
+
+
+def _legacy_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    if versions.installed().version >= versions.Version("2.4"):
+        kwargs["dynamo"] = False
+    torch.onnx.export(module, inputs, buffer, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("version", "default", "translation", "explicit_dynamo"),
+    [
+        ("1.13.1", "legacy", False, None),
+        ("2.0.1+cpu", "legacy", False, None),
+        ("2.4.1", "legacy", False, None),
+        ("2.6.0", "legacy", True, "dynamo"),
+        ("2.8.0+cu126", "legacy", True, "dynamo"),
+        ("2.9.1", "dynamo", True, "dynamo"),
+        ("2.14.1+cu130", "dynamo", True, "dynamo"),
+        ("2.15.0.dev20261101", "dynamo", True, "dynamo"),
+    ],
+)
+def test_version_detection(version: str, default: str, translation: bool,
+                           explicit_dynamo: str | None) -> None:
+    caps = versions.capabilities(version)
+    assert caps.default_exporter() == default
+    assert caps.choose_exporter(None) == default
+    assert caps.choose_exporter(False) == "legacy"
+    assert caps.has_dynamo_translation is translation
+    if explicit_dynamo is None:
+        with pytest.raises(ValueError, match="dynamo: expected False on torch"):
+            caps.choose_exporter(True)
+    else:
+        assert caps.choose_exporter(True) == explicit_dynamo
+
+
+def test_installed_version_is_detected() -> None:
+    caps = versions.installed()
+    assert str(caps.version) == torch.__version__.split("+")[0]
+    parameters = inspect.signature(torch.onnx.export).parameters
+    assert caps.has_dynamo_translation == ("custom_translation_table" in parameters)
+    assert caps.dynamo_by_default == (parameters.get("dynamo") is not None
+                                      and parameters["dynamo"].default is True)
+
+
+def test_register_legacy_api_round_trip() -> None:
+    case = Case(offset_groups=2)
+    module, inputs, names = DeformConvCall(case), make_inputs(case), input_names(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dce.DeformConvWarning)
+        dce.register_deform_conv2d_onnx_op()
+        dce.register_deform_conv2d_onnx_op(use_gathernd=False)  # twice: the last one counts
+    model = _legacy_export(module, inputs, opset_version=12, input_names=names)
+    assert b"GatherElements" in model and b"GatherND" not in model
+    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+    dce.unregister_deform_conv2d_onnx_op()
+    dce.unregister_deform_conv2d_onnx_op()  # harmless
+    # Unregistered, the legacy exporter cannot translate the op again. torch's own message
+    # varies by release (after an unregister torch 2.14 says "min() arg is an empty sequence").
+    with pytest.raises(Exception):  # noqa: B017
+        _legacy_export(module, inputs, opset_version=12)
+
+
+@pytest.mark.skipif(not versions.installed().dynamo_by_default, reason="dynamo is not the default")
+def test_register_warns_where_dynamo_is_the_default() -> None:
+    with pytest.warns(dce.DeformConvWarning, match="dynamo=False"):
+        dce.register_deform_conv2d_onnx_op()
+
+
+def test_export_restores_the_users_registration() -> None:
+    torchscript_adapter.register(LoweringOptions(use_gathernd=False))
+    case = Case()
+    module, inputs = DeformConvCall(case), make_inputs(case)
+    export(module, inputs, "legacy", "gathernd-openvino")
+    assert torchscript_adapter.registered_options() == LoweringOptions(use_gathernd=False)
+    torchscript_adapter.register(None)
+    export(module, inputs, "legacy")
+    assert torchscript_adapter.registered_options() is None
+
+
+@pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
+def test_custom_op_has_no_side_effects_and_works() -> None:
+    op = dce.create_deform_conv2d_custom_op(use_gathernd=False)
+    assert torchscript_adapter.registered_options() is None
+    case = Case(mask=False)
+    module, inputs, names = DeformConvCall(case), make_inputs(case), input_names(case)
+    program = torch.onnx.export(module, inputs, dynamo=True, verbose=False, input_names=names,
+                                custom_translation_table={
+                                    torch.ops.torchvision.deform_conv2d.default: op})
+    model = program.model_proto.SerializeToString()
+    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_export_leaves_the_model_alone(exporter: str) -> None:
+    from deform_conv2d_onnx_exporter import demo
+
+    model = demo.build_demo_model().train()
+    model.stem[0].weight.requires_grad_(False)
+    before = copy.deepcopy(model.state_dict())
+    export(model, (torch.randn(1, 3, 16, 16),), exporter)
+    assert model.training
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert grads.pop("stem.0.weight") is False and all(grads.values())
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_legacy_opset_below_12_is_refused() -> None:
+    case = Case()
+    with pytest.raises(Exception, match=r"opset_version: .*needs opset >= 12.*got 11"):
+        export(DeformConvCall(case), make_inputs(case), "legacy", opset=11)
+
+
+def test_failed_export_leaves_no_file(tmp_path) -> None:
+    case = Case()
+    path = tmp_path / "model.onnx"
+    with pytest.raises(Exception, match="opset"):
+        dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False,
+                   opset_version=11)
+    assert not os.path.exists(path)
+
+
+def test_translation_table_may_not_translate_deform_conv2d() -> None:
+    if "dynamo" not in EXPORTERS:
+        pytest.skip("this torch has no custom_translation_table")
+    case = Case()
+    table = {torch.ops.torchvision.deform_conv2d.default: dce.create_deform_conv2d_custom_op()}
+    with pytest.raises(ValueError, match="custom_translation_table: expected no entry"):
+        dce.export(DeformConvCall(case), make_inputs(case), io.BytesIO(), dynamo=True,
+                   custom_translation_table=table)

@@ -1,0 +1,115 @@
+"""dtypes, dynamic sizes, opsets and a real DCNv2 model, each against torchvision's kernel."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deform_conv2d_onnx_exporter import demo
+from support import EXPORTERS, Case, DeformConvCall, assert_matches, export, input_names, \
+    make_inputs, run
+
+DTYPE_CASES = [Case(), Case(offset_groups=2, groups=2, mask=False, stride=(2, 1))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("lowering", ["gathernd", "gatherelements"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", DTYPE_CASES, ids=str)
+def test_dtype(case: Case, exporter: str, lowering: str, dtype: torch.dtype) -> None:
+    module = DeformConvCall(case, dtype)
+    names = input_names(case)
+    inputs = make_inputs(case, dtype)
+    model = export(module, inputs, exporter, lowering, names)
+    assert_matches(run(model, names, inputs), module(*inputs), dtype)
+
+
+def test_float16_is_sampled_in_float32() -> None:
+    """The fp16 model equals torchvision's fp32 result on the same fp16 values, rounded once."""
+    case = Case(height=40, width=1000, offset_groups=2)
+    module = DeformConvCall(case, torch.float16)
+    inputs = make_inputs(case, torch.float16)
+    model = export(module, inputs, "legacy", names=input_names(case))
+    got = run(model, input_names(case), inputs)
+    exact = copy.deepcopy(module).float()(*(t.float() for t in inputs)).detach()
+    np.testing.assert_allclose(got, exact.half().numpy(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("lowering", ["gathernd", "gatherelements"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_dynamic_sizes(exporter: str, lowering: str) -> None:
+    """Exported at 7×9, batch 1; run at other sizes and batches, including larger ones."""
+    case = Case(stride=(2, 1), dilation=(1, 2), padding=(1, 2), offset_groups=2)
+    module = DeformConvCall(case)
+    names = input_names(case)
+    model = export(module, make_inputs(case), exporter, lowering, names, dynamic=True)
+    graph = onnx.load_from_string(model).graph
+    x_dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(x_dims[2], str) and isinstance(x_dims[3], str), x_dims
+    for batch, size in [(2, (12, 5)), (1, (31, 40)), (4, (3, 3))]:
+        inputs = make_inputs(case, batch=batch, size=size, seed=batch)
+        assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+
+
+class UpsampledDCN(torch.nn.Module):
+    """Offsets and mask predicted after an interpolate: sizes the legacy exporter cannot tell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = torch.nn.Conv2d(4, 27, 3, padding=1)
+        self.dcn = DeformConvCall(Case(in_channels=4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        predicted = self.offset(x)
+        return self.dcn(x, predicted[:, :18] * 3, torch.sigmoid(predicted[:, 18:]))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_sizes_only_known_at_run_time(exporter: str) -> None:
+    torch.manual_seed(0)
+    module = UpsampledDCN().eval()
+    model = export(module, (torch.randn(1, 4, 6, 7),), exporter, names=["x"], dynamic=True)
+    for shape in [(1, 4, 6, 7), (2, 4, 9, 5)]:
+        x = torch.randn(shape)
+        assert_matches(run(model, ["x"], (x,)), module(x), torch.float32)
+
+
+@pytest.mark.parametrize("opset", [12, 13, 16, 17, 18, 20])
+def test_legacy_opsets(opset: int) -> None:
+    case = Case(offset_groups=2, stride=(1, 2))
+    module = DeformConvCall(case)
+    names, inputs = input_names(case), make_inputs(case)
+    model = export(module, inputs, "legacy", "gatherelements", names, opset=opset)
+    assert onnx.load_from_string(model).opset_import[0].version == opset
+    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+
+
+@pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
+@pytest.mark.parametrize("opset", [18, None], ids=["opset18", "default-opset"])
+def test_dynamo_opsets(opset: int | None) -> None:
+    case = Case(groups=2, mask=False)
+    module = DeformConvCall(case)
+    names, inputs = input_names(case), make_inputs(case)
+    model = export(module, inputs, "dynamo", names=names, opset=opset)
+    ops = {node.op_type for node in onnx.load_from_string(model).graph.node}
+    assert "DeformConv" not in ops
+    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+
+
+@pytest.mark.parametrize("lowering", ["gathernd", "gatherelements"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_dcnv2_backbone(exporter: str, lowering: str) -> None:
+    """The demo's backbone (3 DCNv2 stages, groups and offset groups, 5×5, stride 2), end to end."""
+    model_module = demo.build_demo_model()
+    x = torch.randn(2, 3, 40, 48)
+    model = export(model_module, (x,), exporter, lowering, ["image"], dynamic=True)
+    for shape in [(2, 3, 40, 48), (1, 3, 57, 33)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert_matches(run(model, ["image"], (x,)), model_module(x), torch.float32)
