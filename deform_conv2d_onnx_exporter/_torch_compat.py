@@ -16,7 +16,7 @@ from torch.onnx import symbolic_helper as _symbolic_helper
 
 def parse_args(*descriptors: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator turning a symbolic's constant arguments into Python values ("i" int, "b" bool)."""
-    return _symbolic_helper.parse_args(*descriptors)
+    return _symbolic_helper.parse_args(*descriptors)  # type: ignore[arg-type]
 
 
 def graph_opset(g: Any) -> int:

@@ -36,7 +36,7 @@ _PAD_AFTER = 1
 #: Where samples outside the window are moved: all four corners fall in the padding.
 _OUTSIDE = -float(_PAD_BEFORE)
 
-_FLOAT_TYPES = {
+_FLOAT_TYPES: dict[int, type[np.floating]] = {
     TensorProto.FLOAT: np.float32,
     TensorProto.DOUBLE: np.float64,
     # Half-precision inputs are sampled in float32: fp16 cannot even hold the pixel
@@ -202,7 +202,11 @@ def _kernel_taps(g: _Builder[V], params: DeformConvParams, axis: int) -> V:
 def _output_positions(
     g: _Builder[V], params: DeformConvParams, axis: int, out_size: tuple[Dim[V], Dim[V]]
 ) -> V:
-    """p0 along one axis: o·stride − pad for every output row (axis 0, as (oh, 1)) or column (axis 1, as (ow,))."""
+    """p0 along one axis: o·stride − pad for every output row o (axis 0) or column (axis 1).
+
+    Returns:
+        (oh, 1) for rows, (ow,) for columns; a constant when the output size is static.
+    """
     stride, pad = params.stride[axis], params.padding[axis]
     n = out_size[axis]
     shape = [-1, 1] if axis == 0 else [-1]
@@ -349,7 +353,7 @@ class _Builder(Generic[V]):
         self.dtype = dtype
         self.onnx_dtype = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
 
-    def floats(self, value: Union[float, np.ndarray]) -> V:
+    def floats(self, value: Union[float, Sequence[float], np.ndarray]) -> V:
         return self.e.constant(np.asarray(value, dtype=self.dtype))
 
     def int64(self, value: Union[int, Sequence[int]]) -> V:

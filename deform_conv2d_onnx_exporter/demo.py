@@ -83,6 +83,7 @@ def build_demo_model(seed: int = 0) -> DCNv2Backbone:
     model = DCNv2Backbone()
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     return model.eval()

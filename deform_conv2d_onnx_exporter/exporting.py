@@ -18,7 +18,7 @@ _DYNAMO_KEYWORD = versions.Version("2.4")
 def export(
     model: torch.nn.Module,
     args: Any,
-    f: "str | os.PathLike[str] | Any",
+    f: str | os.PathLike[str] | Any,
     *,
     dynamo: Optional[bool] = None,
     use_gathernd: bool = True,

@@ -64,9 +64,10 @@ class TorchScriptEmitter(Emitter["torch._C.Value"]):
 
     def elem_type(self, value: torch._C.Value) -> Optional[int]:
         value_type = value.type()
-        if not isinstance(value_type, torch._C.TensorType) or value_type.scalarType() is None:
+        if not isinstance(value_type, torch._C.TensorType):
             return None
-        return _SCALAR_TYPES.get(value_type.scalarType())
+        scalar_type = value_type.scalarType()
+        return None if scalar_type is None else _SCALAR_TYPES.get(scalar_type)
 
 
 def _suffixed(name: str, value: Attribute) -> str:

@@ -60,7 +60,7 @@ class Case:
     bias: bool = True
     batch: int = 1
 
-    def with_(self, **changes: Any) -> "Case":
+    def with_(self, **changes: Any) -> Case:
         return dataclasses.replace(self, **changes)
 
     @property

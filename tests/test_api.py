@@ -10,12 +10,20 @@ import warnings
 
 import pytest
 import torch
+from support import (
+    EXPORTERS,
+    Case,
+    DeformConvCall,
+    assert_matches,
+    export,
+    input_names,
+    make_inputs,
+    run,
+)
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter import torchscript_adapter, versions
 from deform_conv2d_onnx_exporter.decomposition import LoweringOptions
-from support import EXPORTERS, Case, DeformConvCall, assert_matches, export, input_names, \
-    make_inputs, run
 
 
 @pytest.fixture(autouse=True)

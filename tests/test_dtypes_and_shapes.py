@@ -9,10 +9,18 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from support import (
+    EXPORTERS,
+    Case,
+    DeformConvCall,
+    assert_matches,
+    export,
+    input_names,
+    make_inputs,
+    run,
+)
 
 from deform_conv2d_onnx_exporter import demo
-from support import EXPORTERS, Case, DeformConvCall, assert_matches, export, input_names, \
-    make_inputs, run
 
 DTYPE_CASES = [Case(), Case(offset_groups=2, groups=2, mask=False, stride=(2, 1))]
 

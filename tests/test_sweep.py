@@ -11,9 +11,17 @@ import itertools
 
 import pytest
 import torch
-
-from support import EXPORTERS, LOWERINGS, Case, DeformConvCall, assert_matches, export, \
-    input_names, make_inputs, run
+from support import (
+    EXPORTERS,
+    LOWERINGS,
+    Case,
+    DeformConvCall,
+    assert_matches,
+    export,
+    input_names,
+    make_inputs,
+    run,
+)
 
 
 def curated_cases() -> list[Case]:
