@@ -1,7 +1,8 @@
-"""Sessions: ``tests`` (the README's test command), ``sweep`` (the full configuration sweep), ``lint``.
+"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest) and ``sweep`` (the full sweep).
 
-Environments live outside the clone (``$DCE_NOX_ENVDIR``, default ``~/.cache/deform_conv2d_onnx_exporter/nox``)
-and are reused: each holds a full torch, several GB.
+Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
+``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
+which is also why linting runs in the test environment rather than in one of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ nox.options.envdir = os.environ.get(
     "DCE_NOX_ENVDIR", os.path.expanduser("~/.cache/deform_conv2d_onnx_exporter/nox")
 )
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["tests"]
 
 #: The torch release tested by default; pip installs it from this machine's local files.
 TORCH = ("2.14.1", "0.29.1")
@@ -28,8 +29,10 @@ def _install(session: nox.Session, torch_version: str, torchvision_version: str,
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """The test suite on the default torch; extra arguments go to pytest."""
-    _install(session, *TORCH, "test")
+    """ruff, mypy, then the test suite on the default torch; extra arguments go to pytest."""
+    _install(session, *TORCH, "test,dev")
+    session.run("ruff", "check", ".")
+    session.run("mypy")
     session.run("python", "-m", "pytest", "-q", "--durations=15", *session.posargs)
 
 
@@ -38,11 +41,3 @@ def sweep(session: nox.Session) -> None:
     """The cartesian configuration sweep (hundreds of exports per exporter; about an hour)."""
     _install(session, *TORCH, "test")
     session.run("python", "-m", "pytest", "-q", "--full-sweep", "tests/test_sweep.py", *session.posargs)
-
-
-@nox.session(python="3.11")
-def lint(session: nox.Session) -> None:
-    """ruff and mypy over the package."""
-    _install(session, *TORCH, "dev")
-    session.run("ruff", "check", ".")
-    session.run("mypy")
