@@ -22,7 +22,7 @@ G groups, K = kh·kw taps, (oh, ow) output size, L = oh·ow, Hp = H + 3, Wp = W 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Optional, Sequence, Union
+from typing import Generic, Literal, Optional, Sequence, Union, cast
 
 import numpy as np
 from onnx import TensorProto
@@ -46,20 +46,59 @@ _FLOAT_TYPES: dict[int, type[np.floating]] = {
 }
 
 
+#: How the graph computes the call; see :class:`LoweringOptions`.
+Lowering = Literal["gather_rows", "gathernd", "gatherelements", "native"]
+LOWERINGS: tuple[Lowering, ...] = ("gather_rows", "gathernd", "gatherelements", "native")
+#: The first opset with the DeformConv operator.
+NATIVE_MIN_OPSET = 19
+
+
 @dataclass(frozen=True)
 class LoweringOptions:
-    """How the core samples the input.
+    """How the core computes the call.
 
     Attributes:
-        use_gathernd: gather channel vectors with GatherND (batch_dims=2) from a channels-last
-            copy of the input; otherwise gather single elements with GatherElements, whose index
-            is expanded to every channel.
+        lowering: ``gather_rows`` (default): one Gather of whole channel vectors from a
+            channels-last copy of the input, corners combined by a batched MatMul, and the
+            kernel applied without transposing the columns. ``gathernd``: GatherND with
+            batch_dims=2 over (B, og, pixels, Cg). ``gatherelements``: GatherElements of single
+            elements, its index expanded to every channel. ``native``: ONNX's DeformConv
+            operator (opset >= 19), no decomposition.
         enable_openvino_patch: after GatherND, reshape to a shape computed from the inputs
             instead of trusting the op's inferred output shape, which OpenVINO gets wrong.
     """
 
-    use_gathernd: bool = True
+    lowering: Lowering = "gather_rows"
     enable_openvino_patch: bool = False
+
+    @classmethod
+    def from_api(
+        cls, use_gathernd: Optional[bool], enable_openvino_patch: bool, lowering: str
+    ) -> LoweringOptions:
+        """Options from the public arguments.
+
+        ``lowering="auto"`` takes the default (``gather_rows``), or the 1.x meaning of an explicit
+        ``use_gathernd``: True for ``gathernd``, False for ``gatherelements``.
+
+        Raises:
+            DeformConvExportError: an unknown lowering, or one that contradicts ``use_gathernd``.
+        """
+        if lowering == "auto":
+            chosen: Lowering = "gather_rows"
+            if use_gathernd is not None:
+                chosen = "gathernd" if use_gathernd else "gatherelements"
+            return cls(chosen, enable_openvino_patch)
+        if lowering not in LOWERINGS:
+            raise DeformConvExportError(
+                f"lowering: expected one of 'auto', {', '.join(map(repr, LOWERINGS))}, got {lowering!r}"
+            )
+        implied = None if use_gathernd is None else ("gathernd" if use_gathernd else "gatherelements")
+        if implied is not None and implied != lowering:
+            raise DeformConvExportError(
+                f"use_gathernd: {use_gathernd} asks for {implied!r}, which contradicts "
+                f"lowering={lowering!r}; pass only one of the two"
+            )
+        return cls(cast(Lowering, lowering), enable_openvino_patch)
 
 
 #: A dimension: a Python int when static, else a 1-D int64 graph value of length 1.
@@ -95,17 +134,23 @@ def deform_conv2d(
     in_type = e.elem_type(input)
     assert in_type is not None  # checked by _compute_dtype
     input, weight, offset = g.to_compute(input), g.to_compute(weight), g.to_compute(offset)
-
-    y, x = _sampling_points(g, params, input, offset)  # (B, og, K, L, 1) each
-    modulation = _modulation(g, params, mask) if params.use_mask else None
-    corner_index, corner_weight = _bilinear_corners(g, input, y, x, modulation)
-    columns = _sample_columns(g, params, options, input, corner_index, corner_weight)
-    out = _convolve_columns(g, params, columns, weight, offset)
-
     if bias is not None:
-        # bias: (Cout,) -> (Cout, 1, 1) to broadcast over (B, Cout, oh, ow)
-        bias = g.reshape(g.to_compute(bias), [params.out_channels, 1, 1])
-        out = e.op("Add", out, bias)
+        bias = g.to_compute(bias)
+
+    if options.lowering == "native":
+        out = _native(g, params, input, weight, offset, mask, bias)
+    else:
+        y, x = _sampling_points(g, params, input, offset)  # (B, og, K, L, 1) each
+        modulation = _modulation(g, params, mask) if params.use_mask else None
+        corner_index, corner_weight = _bilinear_corners(g, input, y, x, modulation)
+        if options.lowering == "gather_rows":
+            out = _gather_rows_and_convolve(g, params, input, corner_index, corner_weight, weight, offset)
+        else:
+            columns = _sample_columns(g, params, options, input, corner_index, corner_weight)
+            out = _convolve_columns(g, params, columns, weight, offset)
+        if bias is not None:
+            # bias: (Cout,) -> (Cout, 1, 1) to broadcast over (B, Cout, oh, ow)
+            out = e.op("Add", out, g.reshape(bias, [params.out_channels, 1, 1]))
     if in_type != g.onnx_dtype:
         out = e.op("Cast", out, to=in_type)
     return out
@@ -300,7 +345,7 @@ def _sample_columns(
     # image: (B, og, Cg, Hp·Wp)
     image = g.reshape(padded, [0, og, cg, -1])
 
-    if options.use_gathernd:
+    if options.lowering == "gathernd":
         # rows: (B, og, Hp·Wp, Cg), one channel vector per padded pixel
         rows = e.op("Transpose", image, perm=[0, 1, 3, 2])
         # index: (B, og, K·L·4, 1)
@@ -322,6 +367,108 @@ def _sample_columns(
     corners = g.reshape(corners, [0, og, cg, taps, -1, 4])
     weight = g.reshape(weight, [0, og, 1, taps, -1, 4])
     return g.reduce_sum_last(e.op("Mul", corners, weight))
+
+
+def _native(
+    g: _Builder[V],
+    params: DeformConvParams,
+    input: V,
+    weight: V,
+    offset: V,
+    mask: Optional[V],
+    bias: Optional[V],
+) -> V:
+    """ONNX DeformConv, whose attributes and input layouts are torchvision's."""
+    if g.e.opset < NATIVE_MIN_OPSET:
+        raise DeformConvExportError(
+            f"lowering: 'native' writes ONNX DeformConv, which needs opset >= {NATIVE_MIN_OPSET}, "
+            f"got opset {g.e.opset}; choose a decomposition or a higher opset_version"
+        )
+    inputs = [input, weight, offset]
+    if bias is not None or params.use_mask:
+        inputs.append(bias if bias is not None else g.floats(np.zeros(params.out_channels)))
+    if params.use_mask:
+        if mask is None:
+            raise DeformConvExportError("mask: use_mask is True but no mask tensor was given")
+        inputs.append(g.to_compute(mask))
+    (pad_h, pad_w), (kh, kw) = params.padding, params.kernel
+    return g.e.op(
+        "DeformConv",
+        *inputs,
+        dilations=list(params.dilation),
+        group=params.groups,
+        kernel_shape=[kh, kw],
+        offset_group=params.offset_groups,
+        pads=[pad_h, pad_w, pad_h, pad_w],
+        strides=list(params.stride),
+    )
+
+
+def _gather_rows_and_convolve(
+    g: _Builder[V],
+    params: DeformConvParams,
+    input: V,
+    index: V,
+    corner_weight: V,
+    weight: V,
+    offset: V,
+) -> V:
+    """The default lowering: gather channel vectors, combine corners, apply the kernel.
+
+    The input becomes a table of rows, one per (batch, padded pixel, offset group), each holding
+    that pixel's Cg channels; one Gather reads the four corners of every sample at once. The
+    sampled columns come out channels-last, (B, L, K·C), so the kernel is reordered once to
+    (K·C, Cout) instead of transposing the (much larger) columns.
+
+    Args:
+        input: (B, C, H, W).
+        index: (B, og, K, L, 4) int64 flat corner positions in the padded image.
+        corner_weight: (B, og, K, L, 4).
+        weight: (Cout, C/G, kh, kw).
+        offset: the original offset, only for (oh, ow).
+
+    Returns:
+        (B, Cout, oh, ow), without bias.
+    """
+    e = g.e
+    og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
+    groups, cout = params.groups, params.out_channels
+    before, after = [0, 0, _PAD_BEFORE, _PAD_BEFORE], [0, 0, _PAD_AFTER, _PAD_AFTER]
+    padded = e.op("Pad", input, g.int64(before + after))  # (B, C, Hp, Wp)
+    channels_last = e.op("Transpose", padded, perm=[0, 2, 3, 1])  # (B, Hp, Wp, C)
+    rows = g.reshape(channels_last, [-1, cg])  # (B·Hp·Wp·og, Cg)
+
+    # row of (b, pixel, group) = (b·Hp·Wp + pixel)·og + group; index: (B, L, K, og, 4)
+    index = e.op("Transpose", index, perm=[0, 3, 2, 1, 4])
+    if og > 1:
+        index = e.op("Add", e.op("Mul", index, g.int64(og)), g.int64(np.arange(og).reshape(og, 1)))
+    batch = g.dim(input, 0)
+    if batch != 1:
+        pixels = e.op("Mul", g.dim_plus(input, 2, _PAD_BEFORE + _PAD_AFTER),
+                      g.dim_plus(input, 3, _PAD_BEFORE + _PAD_AFTER))
+        first_row = e.op("Mul", e.op("Range", g.int64(0), g.reshape(g.as_value(batch), []), g.int64(1)),
+                         e.op("Mul", pixels, g.int64([og])))
+        index = e.op("Add", index, g.reshape(first_row, [-1, 1, 1, 1, 1]))
+    corners = e.op("Gather", rows, index, axis=0)  # (B, L, K, og, 4, Cg)
+
+    # corner_weight: (B, og, K, L, 4) -> (B, L, K, og, 1, 4)
+    corner_weight = e.op("Transpose", corner_weight, perm=[0, 3, 2, 1, 4])
+    corner_weight = g.reshape(corner_weight, [0, -1, taps, og, 1, 4])
+    samples = e.op("MatMul", corner_weight, corners)  # (B, L, K, og, 1, Cg)
+
+    reduced = taps * params.channels_per_group
+    # kernel: (Cout, C/G, kh, kw) -> (G, Cout/G, C/G, K) -> (G, K, C/G, Cout/G) -> (G, K·C/G, Cout/G)
+    kernel = g.reshape(weight, [groups, cout // groups, params.channels_per_group, taps])
+    kernel = g.reshape(e.op("Transpose", kernel, perm=[0, 3, 2, 1]), [groups, reduced, cout // groups])
+    if groups == 1:
+        columns = g.reshape(samples, [0, 1, -1, reduced])  # (B, 1, L, K·C)
+    else:
+        # (B, L, K, G, C/G) -> (B, G, L, K, C/G) -> (B, G, L, K·C/G)
+        columns = g.reshape(samples, [0, -1, taps, groups, params.channels_per_group])
+        columns = g.reshape(e.op("Transpose", columns, perm=[0, 3, 1, 2, 4]), [0, groups, -1, reduced])
+    out = e.op("MatMul", columns, kernel)  # (B, G, L, Cout/G)
+    out = e.op("Transpose", out, perm=[0, 1, 3, 2])  # (B, G, Cout/G, L)
+    return g.reshape(out, [0, cout, g.dim(offset, 2), g.dim(offset, 3)])
 
 
 def _convolve_columns(
@@ -356,7 +503,7 @@ class _Builder(Generic[V]):
     def floats(self, value: Union[float, Sequence[float], np.ndarray]) -> V:
         return self.e.constant(np.asarray(value, dtype=self.dtype))
 
-    def int64(self, value: Union[int, Sequence[int]]) -> V:
+    def int64(self, value: Union[int, Sequence[int], np.ndarray]) -> V:
         return self.e.constant(np.asarray(value, dtype=np.int64))
 
     def to_compute(self, value: V) -> V:
@@ -370,6 +517,10 @@ class _Builder(Generic[V]):
         if shape is not None and shape[axis] is not None:
             return int(shape[axis])  # type: ignore[arg-type]
         return self.e.op("Gather", self.e.op("Shape", value), self.int64([axis]))
+
+    def as_value(self, dim: Dim[V]) -> V:
+        """A dimension as a (1,) int64 value."""
+        return self.int64([dim]) if isinstance(dim, int) else dim
 
     def dim_plus(self, value: V, axis: int, extra: int) -> V:
         """value.shape[axis] + extra as a (1,) int64 value."""

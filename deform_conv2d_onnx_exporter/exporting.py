@@ -9,7 +9,7 @@ import torch
 
 from . import torchscript_adapter, versions
 from .decomposition import LoweringOptions
-from .onnxscript_adapter import create_deform_conv2d_custom_op
+from .onnxscript_adapter import translation_function
 
 #: ``torch.onnx.export`` takes the ``dynamo`` keyword from torch 2.4 on.
 _DYNAMO_KEYWORD = versions.Version("2.4")
@@ -21,8 +21,9 @@ def export(
     f: str | os.PathLike[str] | Any,
     *,
     dynamo: Optional[bool] = None,
-    use_gathernd: bool = True,
+    use_gathernd: Optional[bool] = None,
     enable_openvino_patch: bool = False,
+    lowering: str = "auto",
     custom_translation_table: Optional[Mapping[Callable[..., Any], Callable[..., Any]]] = None,
     **kwargs: Any,
 ) -> Any:
@@ -39,8 +40,12 @@ def export(
         f: the file path (or file object) to write.
         dynamo: True for the dynamo exporter (torch >= 2.6), False for the legacy one,
             None for the installed torch's default.
-        use_gathernd: sample with GatherND (default) or GatherElements.
+        use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
+            ``gatherelements``; None (default) leaves the choice to ``lowering``.
         enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+        lowering: ``"auto"`` (the fastest exact decomposition, ``gather_rows``),
+            ``"gather_rows"``, ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX
+            DeformConv, opset >= 19, for runtimes that have it). See README, "Lowerings".
         custom_translation_table: more translations for the dynamo exporter; it must not
             translate deform_conv2d itself.
         **kwargs: passed to ``torch.onnx.export`` (``opset_version``, ``input_names``,
@@ -56,7 +61,7 @@ def export(
     """
     capabilities = versions.installed()
     exporter = capabilities.choose_exporter(dynamo)
-    options = LoweringOptions(use_gathernd, enable_openvino_patch)
+    options = LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering)
     leftover = _new_file_guard(f)
     try:
         if exporter == "dynamo":
@@ -92,9 +97,7 @@ def _translation_table(
             "custom_translation_table: expected no entry for torchvision::deform_conv2d "
             "(export adds its own; use torch.onnx.export to supply yours), got one"
         )
-    table[target] = create_deform_conv2d_custom_op(
-        options.use_gathernd, options.enable_openvino_patch
-    )
+    table[target] = translation_function(options)
     return table
 
 

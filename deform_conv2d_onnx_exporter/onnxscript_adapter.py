@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import decomposition
-from .decomposition import LoweringOptions
+from .decomposition import NATIVE_MIN_OPSET, LoweringOptions
 from .emitter import Attribute, Emitter
 from .params import DeformConvExportError
 
@@ -37,11 +37,10 @@ def _onnxscript() -> Any:
 class OnnxScriptEmitter(Emitter[Any]):
     """Emits through onnxscript's opset while the dynamo exporter traces the function."""
 
-    opset = OPSET
-
-    def __init__(self) -> None:
+    def __init__(self, opset: int = OPSET) -> None:
         onnxscript, self._ir = _onnxscript()
-        self._ops = onnxscript.values.Opset("", OPSET)
+        self.opset = opset
+        self._ops = onnxscript.values.Opset("", opset)
 
     def op(self, op_type: str, *inputs: Any, **attributes: Attribute) -> Any:
         return getattr(self._ops, op_type)(*inputs, **attributes)
@@ -59,15 +58,21 @@ class OnnxScriptEmitter(Emitter[Any]):
 
 
 def create_deform_conv2d_custom_op(
-    use_gathernd: bool = True, enable_openvino_patch: bool = False
+    use_gathernd: Optional[bool] = None,
+    enable_openvino_patch: bool = False,
+    lowering: str = "auto",
 ) -> Callable[..., Any]:
     """The translation of ``torchvision::deform_conv2d`` for the dynamo exporter.
 
     Has no side effects: it returns a new function and registers nothing.
 
     Args:
-        use_gathernd: sample with GatherND (default) or GatherElements.
+        use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
+            ``gatherelements``; None (default) leaves the choice to ``lowering``.
         enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+        lowering: ``"auto"`` (the fastest exact decomposition, ``gather_rows``),
+            ``"gather_rows"``, ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX
+            DeformConv, opset >= 19, for runtimes that have it). See README, "Lowerings".
 
     Returns:
         A function to put in ``custom_translation_table`` under
@@ -79,8 +84,14 @@ def create_deform_conv2d_custom_op(
         >>> torch.onnx.export(model, (x,), "model.onnx", dynamo=True,
         ...     custom_translation_table={torch.ops.torchvision.deform_conv2d.default: op})
     """
+    return translation_function(LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering))
+
+
+def translation_function(options: LoweringOptions) -> Callable[..., Any]:
+    """The function for ``custom_translation_table``, for already-resolved options."""
     _onnxscript()
-    options = LoweringOptions(use_gathernd, enable_openvino_patch)
+    # DeformConv exists from opset 19; the decompositions use opset-18 operators.
+    opset = NATIVE_MIN_OPSET if options.lowering == "native" else OPSET
 
     # The exporter derives the ONNX signature from the annotations: the int and bool ones
     # become attributes, and the unannotated tensors become inputs of any type.
@@ -101,7 +112,7 @@ def create_deform_conv2d_custom_op(
         use_mask: bool,
     ) -> Any:
         """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
-        e = OnnxScriptEmitter()
+        e = OnnxScriptEmitter(opset)
         return decomposition.torchvision_deform_conv2d(
             e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
             dilation_h, dilation_w, groups, offset_groups, use_mask,

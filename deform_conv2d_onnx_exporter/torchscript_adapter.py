@@ -119,7 +119,9 @@ _registered: Optional[LoweringOptions] = None
 
 
 def register_deform_conv2d_onnx_op(
-    use_gathernd: bool = True, enable_openvino_patch: bool = False
+    use_gathernd: Optional[bool] = None,
+    enable_openvino_patch: bool = False,
+    lowering: str = "auto",
 ) -> None:
     """Register the decomposition with the legacy (TorchScript) exporter.
 
@@ -129,10 +131,14 @@ def register_deform_conv2d_onnx_op(
     ignores this registration: pass ``dynamo=False``, or use :func:`export`.
 
     Args:
-        use_gathernd: sample with GatherND (default) or GatherElements.
+        use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
+            ``gatherelements``; None (default) leaves the choice to ``lowering``.
         enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+        lowering: ``"auto"`` (the fastest exact decomposition, ``gather_rows``),
+            ``"gather_rows"``, ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX
+            DeformConv, opset >= 19, for runtimes that have it). See README, "Lowerings".
     """
-    register(LoweringOptions(use_gathernd, enable_openvino_patch))
+    register(LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering))
     if versions.installed().dynamo_by_default:
         warnings.warn(
             f"deform_conv2d was registered for the legacy exporter only. torch "

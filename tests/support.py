@@ -19,6 +19,7 @@ import torchvision
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter import versions
+from deform_conv2d_onnx_exporter.decomposition import NATIVE_MIN_OPSET
 
 Pair = tuple[int, int]
 
@@ -31,12 +32,14 @@ TOLERANCE = {
     torch.float16: (2e-2, 1e-2),
 }
 
-#: Lowerings as (use_gathernd, enable_openvino_patch).
+#: Lowerings as (lowering, enable_openvino_patch).
 LOWERINGS = {
-    "gathernd": (True, False),
-    "gathernd-openvino": (True, True),
-    "gatherelements": (False, False),
-    "gatherelements-openvino": (False, True),
+    "gather_rows": ("gather_rows", False),
+    "gathernd": ("gathernd", False),
+    "gathernd-openvino": ("gathernd", True),
+    "gatherelements": ("gatherelements", False),
+    "gatherelements-openvino": ("gatherelements", True),
+    "native": ("native", False),
 }
 
 EXPORTERS = ["legacy", "dynamo"] if versions.installed().has_dynamo_translation else ["legacy"]
@@ -131,12 +134,14 @@ def input_names(case: Case) -> list[str]:
 
 
 def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
-           lowering: str = "gathernd", names: Optional[list[str]] = None,
+           lowering: str = "gather_rows", names: Optional[list[str]] = None,
            dynamic: bool = False, opset: Optional[int] = None) -> bytes:
     """Export with our package's `export` and return the model bytes (checked by onnx)."""
-    use_gathernd, openvino = LOWERINGS[lowering]
+    chosen, openvino = LOWERINGS[lowering]
     names = names or [f"input{i}" for i in range(len(inputs))]
     kwargs: dict[str, Any] = {"input_names": names}
+    if chosen == "native" and opset is None and exporter == "legacy":
+        opset = NATIVE_MIN_OPSET  # the legacy exporter's default opset may be lower
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamic:
@@ -146,7 +151,7 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
         dce.export(module, inputs, path, dynamo=exporter == "dynamo",
-                   use_gathernd=use_gathernd, enable_openvino_patch=openvino, **kwargs)
+                   lowering=chosen, enable_openvino_patch=openvino, **kwargs)
         data = onnx.load(path).SerializeToString()  # with any external data inlined
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     return data
