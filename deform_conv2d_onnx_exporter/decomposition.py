@@ -47,8 +47,12 @@ _FLOAT_TYPES: dict[int, type[np.floating]] = {
 
 
 #: How the graph computes the call; see :class:`LoweringOptions`.
-Lowering = Literal["gather_rows", "gathernd", "gatherelements", "native"]
-LOWERINGS: tuple[Lowering, ...] = ("gather_rows", "gathernd", "gatherelements", "native")
+Lowering = Literal["auto", "grid_sample", "gather_rows", "gathernd", "gatherelements", "native"]
+LOWERINGS: tuple[Lowering, ...] = (
+    "auto", "grid_sample", "gather_rows", "gathernd", "gatherelements", "native"
+)
+#: The first opset with GridSample.
+GRID_SAMPLE_MIN_OPSET = 16
 #: The first opset with the DeformConv operator.
 NATIVE_MIN_OPSET = 19
 
@@ -58,18 +62,41 @@ class LoweringOptions:
     """How the core computes the call.
 
     Attributes:
-        lowering: ``gather_rows`` (default): one Gather of whole channel vectors from a
-            channels-last copy of the input, corners combined by a batched MatMul, and the
-            kernel applied without transposing the columns. ``gathernd``: GatherND with
-            batch_dims=2 over (B, og, pixels, Cg). ``gatherelements``: GatherElements of single
-            elements, its index expanded to every channel. ``native``: ONNX's DeformConv
-            operator (opset >= 19), no decomposition.
+        lowering: ``auto`` (default): the fastest exact decomposition the opset allows,
+            ``grid_sample`` from opset 16, else ``gather_rows``. ``grid_sample``: ONNX GridSample
+            samples every channel, then one MatMul applies the kernel. ``gather_rows``: one
+            Gather of whole channel vectors from a channels-last copy of the input, corners
+            combined by a batched MatMul. ``gathernd``: GatherND with batch_dims=2 over
+            (B, og, pixels, Cg). ``gatherelements``: GatherElements of single elements, its
+            index expanded to every channel. ``native``: ONNX's DeformConv operator
+            (opset >= 19), no decomposition.
         enable_openvino_patch: after GatherND, reshape to a shape computed from the inputs
             instead of trusting the op's inferred output shape, which OpenVINO gets wrong.
     """
 
-    lowering: Lowering = "gather_rows"
+    lowering: Lowering = "auto"
     enable_openvino_patch: bool = False
+
+    def resolve(self, opset: int, compute_type: int) -> Lowering:
+        """The concrete lowering at ``opset`` for a graph computing in ``compute_type``.
+
+        ``auto`` takes ``grid_sample`` for float32 computation from opset 16, else
+        ``gather_rows``: float64 asks for torchvision's own coordinate arithmetic, and ONNX
+        Runtime has no float64 GridSample before opset 20.
+
+        Raises:
+            DeformConvExportError: the lowering needs a higher opset.
+        """
+        if self.lowering == "auto":
+            fast = opset >= GRID_SAMPLE_MIN_OPSET and compute_type == TensorProto.FLOAT
+            return "grid_sample" if fast else "gather_rows"
+        needed = {"grid_sample": GRID_SAMPLE_MIN_OPSET, "native": NATIVE_MIN_OPSET}.get(self.lowering, 0)
+        if opset < needed:
+            raise DeformConvExportError(
+                f"lowering: {self.lowering!r} needs opset >= {needed}, got opset {opset}; "
+                f"choose lowering='auto' or a higher opset_version"
+            )
+        return self.lowering
 
     @classmethod
     def from_api(
@@ -77,23 +104,20 @@ class LoweringOptions:
     ) -> LoweringOptions:
         """Options from the public arguments.
 
-        ``lowering="auto"`` takes the default (``gather_rows``), or the 1.x meaning of an explicit
-        ``use_gathernd``: True for ``gathernd``, False for ``gatherelements``.
+        An explicit ``use_gathernd`` keeps its 1.x meaning: True for ``gathernd``, False for
+        ``gatherelements``; with ``lowering="auto"`` it decides.
 
         Raises:
             DeformConvExportError: an unknown lowering, or one that contradicts ``use_gathernd``.
         """
-        if lowering == "auto":
-            chosen: Lowering = "gather_rows"
-            if use_gathernd is not None:
-                chosen = "gathernd" if use_gathernd else "gatherelements"
-            return cls(chosen, enable_openvino_patch)
+        if lowering == "auto" and use_gathernd is not None:
+            return cls("gathernd" if use_gathernd else "gatherelements", enable_openvino_patch)
         if lowering not in LOWERINGS:
             raise DeformConvExportError(
-                f"lowering: expected one of 'auto', {', '.join(map(repr, LOWERINGS))}, got {lowering!r}"
+                f"lowering: expected one of {', '.join(map(repr, LOWERINGS))}, got {lowering!r}"
             )
         implied = None if use_gathernd is None else ("gathernd" if use_gathernd else "gatherelements")
-        if implied is not None and implied != lowering:
+        if implied is not None and implied != lowering and lowering != "auto":
             raise DeformConvExportError(
                 f"use_gathernd: {use_gathernd} asks for {implied!r}, which contradicts "
                 f"lowering={lowering!r}; pass only one of the two"
@@ -137,17 +161,27 @@ def deform_conv2d(
     if bias is not None:
         bias = g.to_compute(bias)
 
-    if options.lowering == "native":
+    lowering = options.resolve(e.opset, g.onnx_dtype)
+    if lowering == "native":
         out = _native(g, params, input, weight, offset, mask, bias)
     else:
-        y, x = _sampling_points(g, params, input, offset)  # (B, og, K, L, 1) each
-        modulation = _modulation(g, params, mask) if params.use_mask else None
-        corner_index, corner_weight = _bilinear_corners(g, input, y, x, modulation)
-        if options.lowering == "gather_rows":
-            out = _gather_rows_and_convolve(g, params, input, corner_index, corner_weight, weight, offset)
-        else:
-            columns = _sample_columns(g, params, options, input, corner_index, corner_weight)
+        if lowering == "grid_sample":
+            columns = _grid_sample_columns(g, params, input, offset, mask)
             out = _convolve_columns(g, params, columns, weight, offset)
+        else:
+            y, x = _sampling_points(g, params, input, offset)  # (B, og, K, L, 1) each
+            y, x = _move_outside_samples(g, input, y, x)
+            modulation = _modulation(g, params, mask) if params.use_mask else None
+            corner_index, corner_weight = _bilinear_corners(g, input, y, x, modulation)
+            if lowering == "gather_rows":
+                out = _gather_rows_and_convolve(
+                    g, params, input, corner_index, corner_weight, weight, offset
+                )
+            else:
+                columns = _sample_columns(
+                    g, params, lowering, options.enable_openvino_patch, input, corner_index, corner_weight
+                )
+                out = _convolve_columns(g, params, columns, weight, offset)
         if bias is not None:
             # bias: (Cout,) -> (Cout, 1, 1) to broadcast over (B, Cout, oh, ow)
             out = e.op("Add", out, g.reshape(bias, [params.out_channels, 1, 1]))
@@ -271,20 +305,17 @@ def _modulation(g: _Builder[V], params: DeformConvParams, mask: Optional[V]) -> 
     return g.reshape(g.to_compute(mask), [0, params.offset_groups, params.taps, -1, 1])
 
 
-def _bilinear_corners(
-    g: _Builder[V], input: V, y: V, x: V, modulation: Optional[V]
-) -> tuple[V, V]:
-    """The four corners of every sample and their weights.
+def _move_outside_samples(g: _Builder[V], input: V, y: V, x: V) -> tuple[V, V]:
+    """Samples outside the window (y ≤ −1, y ≥ H, x ≤ −1, x ≥ W, or NaN) moved to (−2, −2).
+
+    There all four corners are outside the image, so every lowering reads zeros for them.
 
     Args:
         input: (B, C, H, W), only for H and W.
         y, x: (B, og, K, L, 1), unpadded frame.
-        modulation: (B, og, K, L, 1) or None.
 
     Returns:
-        index: (B, og, K, L, 4) int64, flat positions in the padded (Hp, Wp) image, corners
-            ordered (y0, x0), (y0, x1), (y1, x0), (y1, x1).
-        weight: (B, og, K, L, 4), bilinear weight times modulation.
+        (y, x), the same shapes.
     """
     e = g.e
     height = g.dim_as_float(input, 2)
@@ -296,9 +327,25 @@ def _bilinear_corners(
         e.op("And", e.op("Greater", x, minus_one), e.op("Less", x, width)),
     )
     outside = g.floats(_OUTSIDE)
-    y = e.op("Where", inside, y, outside)
-    x = e.op("Where", inside, x, outside)
+    return e.op("Where", inside, y, outside), e.op("Where", inside, x, outside)
 
+
+def _bilinear_corners(
+    g: _Builder[V], input: V, y: V, x: V, modulation: Optional[V]
+) -> tuple[V, V]:
+    """The four corners of every sample and their weights.
+
+    Args:
+        input: (B, C, H, W), only for W.
+        y, x: (B, og, K, L, 1), unpadded frame, inside the window or at (−2, −2).
+        modulation: (B, og, K, L, 1) or None.
+
+    Returns:
+        index: (B, og, K, L, 4) int64, flat positions in the padded (Hp, Wp) image, corners
+            ordered (y0, x0), (y0, x1), (y1, x0), (y1, x1).
+        weight: (B, og, K, L, 4), bilinear weight times modulation.
+    """
+    e = g.e
     y0, x0 = e.op("Floor", y), e.op("Floor", x)
     ly, lx = e.op("Sub", y, y0), e.op("Sub", x, x0)  # distance to the top-left corner
     one = g.floats(1.0)
@@ -323,7 +370,8 @@ def _bilinear_corners(
 def _sample_columns(
     g: _Builder[V],
     params: DeformConvParams,
-    options: LoweringOptions,
+    lowering: Lowering,
+    enable_openvino_patch: bool,
     input: V,
     index: V,
     weight: V,
@@ -345,13 +393,13 @@ def _sample_columns(
     # image: (B, og, Cg, Hp·Wp)
     image = g.reshape(padded, [0, og, cg, -1])
 
-    if options.lowering == "gathernd":
+    if lowering == "gathernd":
         # rows: (B, og, Hp·Wp, Cg), one channel vector per padded pixel
         rows = e.op("Transpose", image, perm=[0, 1, 3, 2])
         # index: (B, og, K·L·4, 1)
         index = g.reshape(index, [0, og, -1, 1])
         corners = e.op("GatherND", rows, index, batch_dims=2)  # (B, og, K·L·4, Cg)
-        if options.enable_openvino_patch:
+        if enable_openvino_patch:
             corners = g.reshape(corners, [g.dim(input, 0), og, -1, cg])
         # corners: (B, og, K, L, 4, Cg); weight: (B, og, K, L, 1, 4)
         corners = g.reshape(corners, [0, og, taps, -1, 4, cg])
@@ -379,11 +427,6 @@ def _native(
     bias: Optional[V],
 ) -> V:
     """ONNX DeformConv, whose attributes and input layouts are torchvision's."""
-    if g.e.opset < NATIVE_MIN_OPSET:
-        raise DeformConvExportError(
-            f"lowering: 'native' writes ONNX DeformConv, which needs opset >= {NATIVE_MIN_OPSET}, "
-            f"got opset {g.e.opset}; choose a decomposition or a higher opset_version"
-        )
     inputs = [input, weight, offset]
     if bias is not None or params.use_mask:
         inputs.append(bias if bias is not None else g.floats(np.zeros(params.out_channels)))
@@ -402,6 +445,64 @@ def _native(
         pads=[pad_h, pad_w, pad_h, pad_w],
         strides=list(params.stride),
     )
+
+
+def _grid_sample_columns(
+    g: _Builder[V], params: DeformConvParams, input: V, offset: V, mask: Optional[V]
+) -> V:
+    """Bilinear samples of every channel at every tap, by ONNX GridSample (opset >= 16).
+
+    GridSample with zero padding gives each corner outside the image the value zero, which is
+    torchvision's rule; a sample outside the window has all four corners outside and so is zero,
+    as torchvision's explicit test makes it (for finite inputs: GridSample still multiplies an
+    Inf or NaN pixel by a zero weight at the window's very edge).
+    The grid holds (x, y) normalised so that −1 and 1 are the outer edges of the border pixels
+    (align_corners=0): x_norm = (2x + 1) / W − 1 = Δx · 2/W + ((2·(p0 + pk) + 1) / W − 1).
+    With static sizes the second term is folded to a constant by the exporter or the runtime.
+
+    Args:
+        input: (B, C, H, W).
+        offset: (B, og·K·2, oh, ow).
+        mask: (B, og·K, oh, ow); read only if ``params.use_mask``.
+
+    Returns:
+        (B, og, Cg, K, L, 1).
+    """
+    e = g.e
+    og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
+    oh, ow = g.dim(offset, 2), g.dim(offset, 3)
+    # offset: (B, og·K·2, oh, ow) -> (B, og, K, 2, oh, ow), then [Δy, Δx] -> [Δx, Δy], GridSample's order
+    offset = g.reshape(offset, [0, og, taps, 2, oh, ow])
+    offset = e.op("Gather", offset, g.int64([1, 0]), axis=3)
+
+    scales, bases = [], []
+    for axis in (1, 0):  # x, then y
+        size = g.dim_as_float(input, 2 + axis)  # (1,)
+        scales.append(e.op("Div", g.floats([2.0]), size))
+        # regular grid p0 + pk: (K, 1, oh, 1) for y, (K, 1, 1, ow) for x
+        regular = e.op("Add", _kernel_taps(g, params, axis), _output_positions(g, params, axis, (oh, ow)))
+        base = e.op("Sub", e.op("Div", e.op("Add", e.op("Mul", regular, g.floats(2.0)), g.floats(1.0)), size),
+                    g.floats(1.0))
+        bases.append(e.op("Expand", base, g.shape([1, 1, oh, ow])))  # (K, 1, oh, ow)
+    scale = g.reshape(e.op("Concat", *scales, axis=0), [2, 1, 1])  # (2, 1, 1)
+    base = e.op("Concat", *bases, axis=1)  # (K, 2, oh, ow)
+    grid = e.op("Add", e.op("Mul", offset, scale), base)  # (B, og, K, 2, oh, ow)
+    grid = e.op("Transpose", grid, perm=[0, 1, 2, 4, 5, 3])  # (B, og, K, oh, ow, 2)
+
+    batch = g.dim(input, 0)
+    images = batch * og if isinstance(batch, int) else e.op("Mul", batch, g.int64([og]))
+    grid = g.reshape(grid, [images, taps, -1, 2])  # (B·og, K, L, 2)
+    image = g.reshape(input, [-1, cg, g.dim(input, 2), g.dim(input, 3)])  # (B·og, Cg, H, W)
+    # GridSample-20 renamed the mode "bilinear" to "linear".
+    mode = "linear" if e.opset >= 20 else "bilinear"
+    columns = e.op("GridSample", image, grid, mode=mode, padding_mode="zeros", align_corners=0)
+    # columns: (B·og, Cg, K, L)
+    if params.use_mask:
+        if mask is None:
+            raise DeformConvExportError("mask: use_mask is True but no mask tensor was given")
+        # Δm: (B, og·K, oh, ow) -> (B·og, 1, K, L)
+        columns = e.op("Mul", columns, g.reshape(g.to_compute(mask), [images, 1, taps, -1]))
+    return g.reshape(columns, [batch, og, cg, taps, -1, 1])
 
 
 def _gather_rows_and_convolve(
@@ -536,18 +637,19 @@ class _Builder(Generic[V]):
             return self.floats([float(dim)])
         return self.e.op("Cast", dim, to=self.onnx_dtype)
 
+    def shape(self, dims: Sequence[Dim[V]]) -> V:
+        """A 1-D int64 shape tensor from ints and (1,) values."""
+        if all(isinstance(d, int) for d in dims):
+            return self.int64([int(d) for d in dims])  # type: ignore[arg-type]
+        return self.e.op("Concat", *[self.int64([d]) if isinstance(d, int) else d for d in dims], axis=0)
+
     def reshape(self, value: V, shape: Sequence[Dim[V]]) -> V:
         """Reshape to ``shape``, whose entries are ints (0 copies, -1 infers) or (1,) values."""
         if 0 in shape and -1 not in shape:
             # The legacy exporter's shape inference asserts on a 0 without a -1; the batch
             # dimension (the only one we copy) can as well be inferred.
             shape = [-1 if isinstance(d, int) and d == 0 else d for d in shape]
-        if all(isinstance(d, int) for d in shape):
-            target = self.int64([int(d) for d in shape])  # type: ignore[arg-type]
-        else:
-            parts = [self.int64([d]) if isinstance(d, int) else d for d in shape]
-            target = self.e.op("Concat", *parts, axis=0)
-        return self.e.op("Reshape", value, target)
+        return self.e.op("Reshape", value, self.shape(shape))
 
     def reduce_sum_last(self, value: V) -> V:
         """Sum over the last axis, keeping it as size 1 (axes moved to an input in opset 13)."""

@@ -34,6 +34,7 @@ TOLERANCE = {
 
 #: Lowerings as (lowering, enable_openvino_patch).
 LOWERINGS = {
+    "grid_sample": ("grid_sample", False),
     "gather_rows": ("gather_rows", False),
     "gathernd": ("gathernd", False),
     "gathernd-openvino": ("gathernd", True),
@@ -134,10 +135,10 @@ def input_names(case: Case) -> list[str]:
 
 
 def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
-           lowering: str = "gather_rows", names: Optional[list[str]] = None,
+           lowering: str = "auto", names: Optional[list[str]] = None,
            dynamic: bool = False, opset: Optional[int] = None) -> bytes:
     """Export with our package's `export` and return the model bytes (checked by onnx)."""
-    chosen, openvino = LOWERINGS[lowering]
+    chosen, openvino = LOWERINGS.get(lowering, (lowering, False))
     names = names or [f"input{i}" for i in range(len(inputs))]
     kwargs: dict[str, Any] = {"input_names": names}
     if chosen == "native" and opset is None and exporter == "legacy":

@@ -103,11 +103,11 @@ def test_register_warns_where_dynamo_is_the_default() -> None:
 
 
 def test_export_restores_the_users_registration() -> None:
-    torchscript_adapter.register(LoweringOptions(use_gathernd=False))
+    torchscript_adapter.register(LoweringOptions("gatherelements"))
     case = Case()
     module, inputs = DeformConvCall(case), make_inputs(case)
     export(module, inputs, "legacy", "gathernd-openvino")
-    assert torchscript_adapter.registered_options() == LoweringOptions(use_gathernd=False)
+    assert torchscript_adapter.registered_options() == LoweringOptions("gatherelements")
     torchscript_adapter.register(None)
     export(module, inputs, "legacy")
     assert torchscript_adapter.registered_options() is None
@@ -155,6 +155,38 @@ def test_failed_export_leaves_no_file(tmp_path) -> None:
         dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False,
                    opset_version=11)
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize(
+    ("use_gathernd", "lowering", "expected"),
+    [
+        (None, "auto", "auto"),
+        (True, "auto", "gathernd"),
+        (False, "auto", "gatherelements"),
+        (None, "grid_sample", "grid_sample"),
+        (True, "gathernd", "gathernd"),
+        (None, "native", "native"),
+    ],
+)
+def test_options_from_the_public_arguments(use_gathernd: bool | None, lowering: str,
+                                           expected: str) -> None:
+    assert LoweringOptions.from_api(use_gathernd, False, lowering).lowering == expected
+
+
+@pytest.mark.parametrize(
+    ("use_gathernd", "lowering", "message"),
+    [
+        (None, "fast", r"lowering: expected one of 'auto', 'grid_sample'.*got 'fast'"),
+        (False, "gathernd", r"use_gathernd: False asks for 'gatherelements', which contradicts"),
+        (True, "grid_sample", r"use_gathernd: True asks for 'gathernd', which contradicts"),
+    ],
+)
+def test_contradictory_options_are_refused(use_gathernd: bool | None, lowering: str,
+                                           message: str) -> None:
+    with pytest.raises(dce.DeformConvExportError, match=message):
+        dce.create_deform_conv2d_custom_op(use_gathernd, lowering=lowering)
+    with pytest.raises(dce.DeformConvExportError, match=message):
+        dce.register_deform_conv2d_onnx_op(use_gathernd, lowering=lowering)
 
 
 def test_translation_table_may_not_translate_deform_conv2d() -> None:

@@ -26,7 +26,7 @@ DTYPE_CASES = [Case(), Case(offset_groups=2, groups=2, mask=False, stride=(2, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
-@pytest.mark.parametrize("lowering", ["gathernd", "gatherelements"])
+@pytest.mark.parametrize("lowering", ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("case", DTYPE_CASES, ids=str)
 def test_dtype(case: Case, exporter: str, lowering: str, dtype: torch.dtype) -> None:
@@ -42,13 +42,13 @@ def test_float16_is_sampled_in_float32() -> None:
     case = Case(height=40, width=1000, offset_groups=2)
     module = DeformConvCall(case, torch.float16)
     inputs = make_inputs(case, torch.float16)
-    model = export(module, inputs, "legacy", names=input_names(case))
+    model = export(module, inputs, "legacy", "gather_rows", names=input_names(case))
     got = run(model, input_names(case), inputs)
     exact = copy.deepcopy(module).float()(*(t.float() for t in inputs)).detach()
     np.testing.assert_allclose(got, exact.half().numpy(), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("lowering", ["gathernd", "gatherelements"])
+@pytest.mark.parametrize("lowering", ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_dynamic_sizes(exporter: str, lowering: str) -> None:
     """Exported at 7×9, batch 1; run at other sizes and batches, including larger ones."""
@@ -88,14 +88,24 @@ def test_sizes_only_known_at_run_time(exporter: str) -> None:
         assert_matches(run(model, ["x"], (x,)), module(x), torch.float32)
 
 
-@pytest.mark.parametrize("opset", [12, 13, 16, 17, 18, 20])
-def test_legacy_opsets(opset: int) -> None:
+@pytest.mark.parametrize("opset", [12, 13, 15, 16, 17, 18, 19, 20])
+def test_legacy_opsets_auto(opset: int) -> None:
+    """auto: gather_rows below opset 16, grid_sample from 16."""
     case = Case(offset_groups=2, stride=(1, 2))
     module = DeformConvCall(case)
     names, inputs = input_names(case), make_inputs(case)
-    model = export(module, inputs, "legacy", "gatherelements", names, opset=opset)
-    assert onnx.load_from_string(model).opset_import[0].version == opset
-    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+    model = onnx.load_from_string(export(module, inputs, "legacy", "auto", names, opset=opset))
+    assert model.opset_import[0].version == opset
+    ops = {node.op_type for node in model.graph.node}
+    assert ("GridSample" in ops) == (opset >= 16) and "DeformConv" not in ops
+    assert_matches(run(model.SerializeToString(), names, inputs), module(*inputs), torch.float32)
+
+
+@pytest.mark.parametrize(("lowering", "opset"), [("grid_sample", 15), ("native", 18)])
+def test_lowering_below_its_opset_is_refused(lowering: str, opset: int) -> None:
+    case = Case()
+    with pytest.raises(Exception, match=rf"lowering: '{lowering}' needs opset >= \d+, got opset {opset}"):
+        export(DeformConvCall(case), make_inputs(case), "legacy", lowering, opset=opset)
 
 
 @pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
@@ -110,7 +120,7 @@ def test_dynamo_opsets(opset: int | None) -> None:
     assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
 
-@pytest.mark.parametrize("lowering", ["gathernd", "gatherelements"])
+@pytest.mark.parametrize("lowering", ["auto", "gather_rows", "gathernd", "gatherelements"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_dcnv2_backbone(exporter: str, lowering: str) -> None:
     """The demo's backbone (3 DCNv2 stages, groups and offset groups, 5×5, stride 2), end to end."""
