@@ -41,3 +41,10 @@ def sweep(session: nox.Session) -> None:
     """The cartesian configuration sweep (hundreds of exports per exporter; about an hour)."""
     _install(session, *TORCH, "test")
     session.run("python", "-m", "pytest", "-q", "--full-sweep", "tests/test_sweep.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The speed and memory benchmark (benchmarks/bench.py); extra arguments go to it."""
+    _install(session, *TORCH, "ort")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

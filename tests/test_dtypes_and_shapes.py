@@ -131,3 +131,20 @@ def test_dcnv2_backbone(exporter: str, lowering: str) -> None:
         x = torch.randn(shape)
         with torch.no_grad():
             assert_matches(run(model, ["image"], (x,)), model_module(x), torch.float32)
+
+
+@pytest.mark.parametrize("width", [256, 1000])
+def test_wide_images_float32(width: int) -> None:
+    """gather_rows repeats torchvision's float32 coordinate arithmetic, so it matches torchvision at
+    any width. grid_sample passes coordinates through GridSample's normalised frame, which costs a few
+    ulps of the width: its error against exact (float64) arithmetic stays within 3x torchvision's own."""
+    case = Case(in_channels=16, out_channels=16, height=24, width=width, offset_groups=2)
+    module, names, inputs = DeformConvCall(case), input_names(case), make_inputs(case)
+    expected = module(*inputs).detach()
+    exact = copy.deepcopy(module).double()(*(t.double() for t in inputs)).detach().numpy()
+    torchvision_error = float(np.abs(expected.numpy() - exact).max())
+
+    rows = run(export(module, inputs, "legacy", "gather_rows", names), names, inputs)
+    assert_matches(rows, expected, torch.float32)
+    grid = run(export(module, inputs, "legacy", "grid_sample", names), names, inputs)
+    assert float(np.abs(grid - exact).max()) <= 3 * torchvision_error
