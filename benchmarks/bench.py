@@ -203,7 +203,6 @@ def bench_shape(shape: Shape, repeats: int, lowerings: list[str], folder: str) -
 
     torch.set_num_threads(THREADS)
     module, inputs = make_case(shape)
-    np.savez(os.path.join(folder, "inputs.npz"), **inputs)
     tensors = [torch.from_numpy(a) for a in inputs.values()]
     with torch.no_grad():
         expected = module(*tensors).numpy()
@@ -232,9 +231,8 @@ def bench_shape(shape: Shape, repeats: int, lowerings: list[str], folder: str) -
                 rows.append(row)
                 continue
         runs[lowering] = lambda sess=sess, feed=feed: sess.run(None, feed)
-        if lowering in ("native", DEFAULT):
-            feed_path = os.path.join(folder, "inputs.npz")
-            row.peak_mb = peak_memory_mb(path, feed_path)
+        np.savez(os.path.join(folder, "feed.npz"), **feed)
+        row.peak_mb = peak_memory_mb(path, os.path.join(folder, "feed.npz"))
         rows.append(row)
     times = interleaved_times(runs, repeats)
     for row in rows:
@@ -261,7 +259,9 @@ def print_table(shape: Shape, rows: list[Row]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shapes", type=int, nargs="*", help="indices into SHAPES (default: all)")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--lowerings", nargs="*", default=DECOMPOSITIONS)
