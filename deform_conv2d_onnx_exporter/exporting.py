@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable, Mapping, Optional
 
 import torch
+from onnx import TensorProto
 
 from . import torchscript_adapter, versions
 from .decomposition import LoweringOptions
@@ -65,6 +66,9 @@ def export(
     leftover = _new_file_guard(f)
     try:
         if exporter == "dynamo":
+            # The translation function cannot see the target opset: check the lowering here.
+            options.resolve(kwargs.get("opset_version") or capabilities.dynamo_default_opset,
+                            TensorProto.FLOAT)
             table = _translation_table(custom_translation_table, options)
             return torch.onnx.export(
                 model, args, f, dynamo=True, custom_translation_table=table, **kwargs

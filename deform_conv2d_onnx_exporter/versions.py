@@ -33,12 +33,18 @@ class TorchCapabilities:
     Attributes:
         version: the release, without local tags such as ``+cpu``.
         has_dynamo_translation: the dynamo exporter accepts ``custom_translation_table``.
-        dynamo_by_default: ``torch.onnx.export`` uses the dynamo exporter unless told otherwise.
+        dynamo_by_default: ``torch.onnx.export`` uses the dynamo exporter unless told otherwise
+            (the same releases raised the dynamo exporter's default opset from 18 to 20).
     """
 
     version: Version
     has_dynamo_translation: bool
     dynamo_by_default: bool
+
+    @property
+    def dynamo_default_opset(self) -> int:
+        """The opset the dynamo exporter writes when ``opset_version`` is not given."""
+        return 20 if self.dynamo_by_default else 18
 
     def default_exporter(self) -> Exporter:
         """The exporter ``torch.onnx.export`` of this release uses when ``dynamo`` is not given."""

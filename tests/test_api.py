@@ -62,6 +62,7 @@ def test_version_detection(version: str, default: str, translation: bool,
     assert caps.choose_exporter(None) == default
     assert caps.choose_exporter(False) == "legacy"
     assert caps.has_dynamo_translation is translation
+    assert caps.dynamo_default_opset == (20 if default == "dynamo" else 18)
     if explicit_dynamo is None:
         with pytest.raises(ValueError, match="dynamo: expected False on torch"):
             caps.choose_exporter(True)

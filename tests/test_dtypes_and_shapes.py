@@ -102,22 +102,29 @@ def test_legacy_opsets_auto(opset: int) -> None:
 
 
 @pytest.mark.parametrize(("lowering", "opset"), [("grid_sample", 15), ("native", 18)])
-def test_lowering_below_its_opset_is_refused(lowering: str, opset: int) -> None:
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_lowering_below_its_opset_is_refused(exporter: str, lowering: str, opset: int) -> None:
     case = Case()
     with pytest.raises(Exception, match=rf"lowering: '{lowering}' needs opset >= \d+, got opset {opset}"):
-        export(DeformConvCall(case), make_inputs(case), "legacy", lowering, opset=opset)
+        export(DeformConvCall(case), make_inputs(case), exporter, lowering, opset=opset)
 
 
 @pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
-@pytest.mark.parametrize("opset", [18, None], ids=["opset18", "default-opset"])
-def test_dynamo_opsets(opset: int | None) -> None:
-    case = Case(groups=2, mask=False)
+@pytest.mark.parametrize(
+    ("opset", "lowering", "expected_op"),
+    [(18, "auto", "GridSample"), (None, "auto", "GridSample"), (22, "auto", "GridSample"),
+     (18, "gather_rows", "Gather"), (19, "native", "DeformConv"), (22, "native", "DeformConv")],
+)
+def test_dynamo_opsets(opset: int | None, lowering: str, expected_op: str) -> None:
+    case = Case(groups=2, offset_groups=2, mask=False)
     module = DeformConvCall(case)
     names, inputs = input_names(case), make_inputs(case)
-    model = export(module, inputs, "dynamo", names=names, opset=opset)
-    ops = {node.op_type for node in onnx.load_from_string(model).graph.node}
-    assert "DeformConv" not in ops
-    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+    model = onnx.load_from_string(export(module, inputs, "dynamo", lowering, names, opset=opset))
+    if opset is not None:
+        assert model.opset_import[0].version == opset
+    ops = {node.op_type for node in model.graph.node}
+    assert expected_op in ops and (expected_op == "DeformConv") == ("DeformConv" in ops)
+    assert_matches(run(model.SerializeToString(), names, inputs), module(*inputs), torch.float32)
 
 
 @pytest.mark.parametrize("lowering", ["auto", "gather_rows", "gathernd", "gatherelements"])
