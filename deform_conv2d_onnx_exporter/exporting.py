@@ -41,12 +41,8 @@ def export(
         f: the file path (or file object) to write.
         dynamo: True for the dynamo exporter (torch >= 2.6), False for the legacy one,
             None for the installed torch's default.
-        use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
-            ``gatherelements``; None (default) leaves the choice to ``lowering``.
-        enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
-        lowering: ``"auto"`` (the fastest exact decomposition, ``gather_rows``),
-            ``"gather_rows"``, ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX
-            DeformConv, opset >= 19, for runtimes that have it). See README, "Lowerings".
+        use_gathernd, enable_openvino_patch, lowering: how deform_conv2d is written, as for
+            :func:`create_deform_conv2d_custom_op` (README, "Options").
         custom_translation_table: more translations for the dynamo exporter; it must not
             translate deform_conv2d itself.
         **kwargs: passed to ``torch.onnx.export`` (``opset_version``, ``input_names``,

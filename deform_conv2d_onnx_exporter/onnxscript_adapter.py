@@ -70,9 +70,10 @@ def create_deform_conv2d_custom_op(
         use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
             ``gatherelements``; None (default) leaves the choice to ``lowering``.
         enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
-        lowering: ``"auto"`` (the fastest exact decomposition, ``gather_rows``),
-            ``"gather_rows"``, ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX
-            DeformConv, opset >= 19, for runtimes that have it). See README, "Lowerings".
+        lowering: ``"auto"`` (default: ``grid_sample`` for float32 and float16 at opset >= 16,
+            else ``gather_rows``), ``"grid_sample"``, ``"gather_rows"``, ``"gathernd"``,
+            ``"gatherelements"``, or ``"native"`` (ONNX DeformConv, opset >= 19, for runtimes
+            that have it). See README, "Lowerings".
 
     Returns:
         A function to put in ``custom_translation_table`` under

@@ -131,12 +131,8 @@ def register_deform_conv2d_onnx_op(
     ignores this registration: pass ``dynamo=False``, or use :func:`export`.
 
     Args:
-        use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
-            ``gatherelements``; None (default) leaves the choice to ``lowering``.
-        enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
-        lowering: ``"auto"`` (the fastest exact decomposition, ``gather_rows``),
-            ``"gather_rows"``, ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX
-            DeformConv, opset >= 19, for runtimes that have it). See README, "Lowerings".
+        use_gathernd, enable_openvino_patch, lowering: how deform_conv2d is written, as for
+            :func:`create_deform_conv2d_custom_op` (README, "Options").
     """
     register(LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering))
     if versions.installed().dynamo_by_default:
