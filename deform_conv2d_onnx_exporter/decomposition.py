@@ -35,6 +35,8 @@ _PAD_BEFORE = 2
 _PAD_AFTER = 1
 #: Where samples outside the window are moved: all four corners fall in the padding.
 _OUTSIDE = -float(_PAD_BEFORE)
+#: GridSample coordinates (normalised to [-1, 1] over the image) beyond this are far outside.
+_GRID_LIMIT = 3.0
 
 _FLOAT_TYPES: dict[int, type[np.floating]] = {
     TensorProto.FLOAT: np.float32,
@@ -487,6 +489,11 @@ def _grid_sample_columns(
     scale = g.reshape(e.op("Concat", *scales, axis=0), [2, 1, 1])  # (2, 1, 1)
     base = e.op("Concat", *bases, axis=1)  # (K, 2, oh, ow)
     grid = e.op("Add", e.op("Mul", offset, scale), base)  # (B, og, K, 2, oh, ow)
+    # GridSample turns a huge, infinite or NaN coordinate into an out-of-range integer and then
+    # reads some pixel. |x_norm| >= 3 is far outside the image whatever its size, so such
+    # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
+    within = e.op("Less", e.op("Abs", grid), g.floats(_GRID_LIMIT))
+    grid = e.op("Where", within, grid, g.floats(-_GRID_LIMIT))
     grid = e.op("Transpose", grid, perm=[0, 1, 2, 4, 5, 3])  # (B, og, K, oh, ow, 2)
 
     batch = g.dim(input, 0)
