@@ -473,28 +473,31 @@ def _grid_sample_columns(
     e = g.e
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
     oh, ow = g.dim(offset, 2), g.dim(offset, 3)
-    # offset: (B, og·K·2, oh, ow) -> (B, og, K, 2, oh, ow), then [Δy, Δx] -> [Δx, Δy], GridSample's order
+    # offset: (B, og·K·2, oh, ow) -> (B, og, K, 2, oh, ow) -> (B, og, K, oh, ow, [Δy, Δx])
     offset = g.reshape(offset, [0, og, taps, 2, oh, ow])
-    offset = e.op("Gather", offset, g.int64([1, 0]), axis=3)
+    offset = e.op("Transpose", offset, perm=[0, 1, 2, 4, 5, 3])
 
-    scales, bases = [], []
-    for axis in (1, 0):  # x, then y
-        size = g.dim_as_float(input, 2 + axis)  # (1,)
-        scales.append(e.op("Div", g.floats([2.0]), size))
-        # regular grid p0 + pk: (K, 1, oh, 1) for y, (K, 1, 1, ow) for x
-        regular = e.op("Add", _kernel_taps(g, params, axis), _output_positions(g, params, axis, (oh, ow)))
-        base = e.op("Sub", e.op("Div", e.op("Add", e.op("Mul", regular, g.floats(2.0)), g.floats(1.0)), size),
+    height, width = g.dim_as_float(input, 2), g.dim_as_float(input, 3)  # (1,) each
+    # [Δy, Δx] @ [[0, 2/H], [2/W, 0]] = [Δx·2/W, Δy·2/H]: scaled and in GridSample's (x, y) order
+    zero, two = g.floats([0.0]), g.floats([2.0])
+    swap = e.op("Concat", zero, e.op("Div", two, height), e.op("Div", two, width), zero, axis=0)
+    swap = g.reshape(swap, [2, 2])
+    bases = []
+    for axis, shape in ((1, [-1, 1]), (0, [-1, 1, 1])):  # x, then y
+        size = width if axis == 1 else height
+        # regular grid p0 + pk: (K, 1, ow, 1) for x, (K, oh, 1, 1) for y
+        positions = g.reshape(_output_positions(g, params, axis, (oh, ow)), shape)
+        regular = e.op("Add", _kernel_taps(g, params, axis), positions)
+        base = e.op("Sub", e.op("Div", e.op("Add", e.op("Mul", regular, two), g.floats(1.0)), size),
                     g.floats(1.0))
-        bases.append(e.op("Expand", base, g.shape([1, 1, oh, ow])))  # (K, 1, oh, ow)
-    scale = g.reshape(e.op("Concat", *scales, axis=0), [2, 1, 1])  # (2, 1, 1)
-    base = e.op("Concat", *bases, axis=1)  # (K, 2, oh, ow)
-    grid = e.op("Add", e.op("Mul", offset, scale), base)  # (B, og, K, 2, oh, ow)
+        bases.append(e.op("Expand", base, g.shape([1, oh, ow, 1])))  # (K, oh, ow, 1)
+    base = e.op("Concat", *bases, axis=-1)  # (K, oh, ow, 2)
+    grid = e.op("Add", e.op("MatMul", offset, swap), base)  # (B, og, K, oh, ow, 2)
     # GridSample turns a huge, infinite or NaN coordinate into an out-of-range integer and then
     # reads some pixel. |x_norm| >= 3 is far outside the image whatever its size, so such
     # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
     within = e.op("Less", e.op("Abs", grid), g.floats(_GRID_LIMIT))
     grid = e.op("Where", within, grid, g.floats(-_GRID_LIMIT))
-    grid = e.op("Transpose", grid, perm=[0, 1, 2, 4, 5, 3])  # (B, og, K, oh, ow, 2)
 
     batch = g.dim(input, 0)
     images = batch * og if isinstance(batch, int) else e.op("Mul", batch, g.int64([og]))
