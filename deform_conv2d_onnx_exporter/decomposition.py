@@ -21,6 +21,7 @@ G groups, K = kh·kw taps, (oh, ow) output size, L = oh·ow, Hp = H + 3, Wp = W 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Generic, Literal, Optional, Sequence, Union, cast
 
@@ -72,12 +73,9 @@ class LoweringOptions:
             (B, og, pixels, Cg). ``gatherelements``: GatherElements of single elements, its
             index expanded to every channel. ``native``: ONNX's DeformConv operator
             (opset >= 19), no decomposition.
-        enable_openvino_patch: after GatherND, reshape to a shape computed from the inputs
-            instead of trusting the op's inferred output shape, which OpenVINO gets wrong.
     """
 
     lowering: Lowering = "auto"
-    enable_openvino_patch: bool = False
 
     def resolve(self, opset: int, compute_type: int) -> Lowering:
         """The concrete lowering at ``opset`` for a graph computing in ``compute_type``.
@@ -107,13 +105,15 @@ class LoweringOptions:
         """Options from the public arguments.
 
         An explicit ``use_gathernd`` keeps its 1.x meaning: True for ``gathernd``, False for
-        ``gatherelements``; with ``lowering="auto"`` it decides.
+        ``gatherelements``; with ``lowering="auto"`` it decides. ``enable_openvino_patch`` is
+        accepted for 1.x compatibility and changes nothing: the 1.x patch made the shape after
+        GatherND explicit for OpenVINO, and every reshape in this graph is explicit.
 
         Raises:
             DeformConvExportError: an unknown lowering, or one that contradicts ``use_gathernd``.
         """
         if lowering == "auto" and use_gathernd is not None:
-            return cls("gathernd" if use_gathernd else "gatherelements", enable_openvino_patch)
+            return cls("gathernd" if use_gathernd else "gatherelements")
         if lowering not in LOWERINGS:
             raise DeformConvExportError(
                 f"lowering: expected one of {', '.join(map(repr, LOWERINGS))}, got {lowering!r}"
@@ -124,7 +124,7 @@ class LoweringOptions:
                 f"use_gathernd: {use_gathernd} asks for {implied!r}, which contradicts "
                 f"lowering={lowering!r}; pass only one of the two"
             )
-        return cls(cast(Lowering, lowering), enable_openvino_patch)
+        return cls(cast(Lowering, lowering))
 
 
 #: A dimension: a Python int when static, else a 1-D int64 graph value of length 1.
@@ -156,7 +156,7 @@ def deform_conv2d(
     Returns:
         (B, Cout, oh, ow), in the input's dtype.
     """
-    g = _Builder(e, _compute_dtype(e, input))
+    g = _Builder(e, _compute_dtype(e, input), input, offset)
     in_type = e.elem_type(input)
     assert in_type is not None  # checked by _compute_dtype
     input, weight, offset = g.to_compute(input), g.to_compute(weight), g.to_compute(offset)
@@ -181,7 +181,7 @@ def deform_conv2d(
                 )
             else:
                 columns = _sample_columns(
-                    g, params, lowering, options.enable_openvino_patch, input, corner_index, corner_weight
+                    g, params, lowering, input, corner_index, corner_weight
                 )
                 out = _convolve_columns(g, params, columns, weight, offset)
         if bias is not None:
@@ -259,7 +259,7 @@ def _sampling_points(
     og, taps = params.offset_groups, params.taps
     oh, ow = g.dim(offset, 2), g.dim(offset, 3)
     # offset: (B, og·K·2, oh, ow) -> (B, og, K, 2, oh, ow)
-    offset = g.reshape(offset, [0, og, taps, 2, oh, ow])
+    offset = g.reshape(offset, [g.batch, og, taps, 2, oh, ow])
     points = []
     for axis in (0, 1):  # y, then x
         # delta: (B, og, K, 1, oh, ow)
@@ -268,7 +268,7 @@ def _sampling_points(
         base = g.e.op("Add", _kernel_taps(g, params, axis), _output_positions(g, params, axis, (oh, ow)))
         point = g.e.op("Add", delta, base)
         # point: (B, og, K, 1, oh, ow) -> (B, og, K, L, 1)
-        points.append(g.reshape(point, [0, og, taps, -1, 1]))
+        points.append(g.reshape(point, [g.batch, og, taps, g.positions, 1]))
     return points[0], points[1]
 
 
@@ -304,7 +304,7 @@ def _modulation(g: _Builder[V], params: DeformConvParams, mask: Optional[V]) -> 
     """Δm: (B, og·K, oh, ow) -> (B, og, K, L, 1)."""
     if mask is None:
         raise DeformConvExportError("mask: use_mask is True but no mask tensor was given")
-    return g.reshape(g.to_compute(mask), [0, params.offset_groups, params.taps, -1, 1])
+    return g.reshape(g.to_compute(mask), [g.batch, params.offset_groups, params.taps, g.positions, 1])
 
 
 def _move_outside_samples(g: _Builder[V], input: V, y: V, x: V) -> tuple[V, V]:
@@ -373,7 +373,6 @@ def _sample_columns(
     g: _Builder[V],
     params: DeformConvParams,
     lowering: Lowering,
-    enable_openvino_patch: bool,
     input: V,
     index: V,
     weight: V,
@@ -393,29 +392,29 @@ def _sample_columns(
     before, after = [0, 0, _PAD_BEFORE, _PAD_BEFORE], [0, 0, _PAD_AFTER, _PAD_AFTER]
     padded = e.op("Pad", input, g.int64(before + after))  # (B, C, Hp, Wp)
     # image: (B, og, Cg, Hp·Wp)
-    image = g.reshape(padded, [0, og, cg, -1])
+    padded_pixels = g.padded_pixels(input)  # Hp·Wp
+    image = g.reshape(padded, [g.batch, og, cg, padded_pixels])
 
     if lowering == "gathernd":
         # rows: (B, og, Hp·Wp, Cg), one channel vector per padded pixel
         rows = e.op("Transpose", image, perm=[0, 1, 3, 2])
         # index: (B, og, K·L·4, 1)
-        index = g.reshape(index, [0, og, -1, 1])
+        samples = g.product(taps * 4, g.positions)
+        index = g.reshape(index, [g.batch, og, samples, 1])
         corners = e.op("GatherND", rows, index, batch_dims=2)  # (B, og, K·L·4, Cg)
-        if enable_openvino_patch:
-            corners = g.reshape(corners, [g.dim(input, 0), og, -1, cg])
         # corners: (B, og, K, L, 4, Cg); weight: (B, og, K, L, 1, 4)
-        corners = g.reshape(corners, [0, og, taps, -1, 4, cg])
-        weight = g.reshape(weight, [0, og, taps, -1, 1, 4])
+        corners = g.reshape(corners, [g.batch, og, taps, g.positions, 4, cg])
+        weight = g.reshape(weight, [g.batch, og, taps, g.positions, 1, 4])
         samples = e.op("MatMul", weight, corners)  # (B, og, K, L, 1, Cg)
         return e.op("Transpose", samples, perm=[0, 1, 5, 2, 3, 4])
 
     # index: (B, og, 1, K·L·4) -> (B, og, Cg, K·L·4), the same positions for every channel
-    index = g.reshape(index, [0, og, 1, -1])
+    index = g.reshape(index, [g.batch, og, 1, g.product(taps * 4, g.positions)])
     index = e.op("Expand", index, g.int64([1, 1, cg, 1]))
     corners = e.op("GatherElements", image, index, axis=3)  # (B, og, Cg, K·L·4)
     # corners: (B, og, Cg, K, L, 4); weight: (B, og, 1, K, L, 4)
-    corners = g.reshape(corners, [0, og, cg, taps, -1, 4])
-    weight = g.reshape(weight, [0, og, 1, taps, -1, 4])
+    corners = g.reshape(corners, [g.batch, og, cg, taps, g.positions, 4])
+    weight = g.reshape(weight, [g.batch, og, 1, taps, g.positions, 4])
     return g.reduce_sum_last(e.op("Mul", corners, weight))
 
 
@@ -474,7 +473,7 @@ def _grid_sample_columns(
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
     oh, ow = g.dim(offset, 2), g.dim(offset, 3)
     # offset: (B, og·K·2, oh, ow) -> (B, og, K, 2, oh, ow) -> (B, og, K, oh, ow, [Δy, Δx])
-    offset = g.reshape(offset, [0, og, taps, 2, oh, ow])
+    offset = g.reshape(offset, [g.batch, og, taps, 2, oh, ow])
     offset = e.op("Transpose", offset, perm=[0, 1, 2, 4, 5, 3])
 
     height, width = g.dim_as_float(input, 2), g.dim_as_float(input, 3)  # (1,) each
@@ -499,10 +498,9 @@ def _grid_sample_columns(
     within = e.op("Less", e.op("Abs", grid), g.floats(_GRID_LIMIT))
     grid = e.op("Where", within, grid, g.floats(-_GRID_LIMIT))
 
-    batch = g.dim(input, 0)
-    images = batch * og if isinstance(batch, int) else e.op("Mul", batch, g.int64([og]))
-    grid = g.reshape(grid, [images, taps, -1, 2])  # (B·og, K, L, 2)
-    image = g.reshape(input, [-1, cg, g.dim(input, 2), g.dim(input, 3)])  # (B·og, Cg, H, W)
+    images = g.product(g.batch, og)
+    grid = g.reshape(grid, [images, taps, g.positions, 2])  # (B·og, K, L, 2)
+    image = g.reshape(input, [images, cg, g.dim(input, 2), g.dim(input, 3)])  # (B·og, Cg, H, W)
     # GridSample-20 renamed the mode "bilinear" to "linear".
     mode = "linear" if e.opset >= 20 else "bilinear"
     columns = e.op("GridSample", image, grid, mode=mode, padding_mode="zeros", align_corners=0)
@@ -511,8 +509,8 @@ def _grid_sample_columns(
         if mask is None:
             raise DeformConvExportError("mask: use_mask is True but no mask tensor was given")
         # Δm: (B, og·K, oh, ow) -> (B·og, 1, K, L)
-        columns = e.op("Mul", columns, g.reshape(g.to_compute(mask), [images, 1, taps, -1]))
-    return g.reshape(columns, [batch, og, cg, taps, -1, 1])
+        columns = e.op("Mul", columns, g.reshape(g.to_compute(mask), [images, 1, taps, g.positions]))
+    return g.reshape(columns, [g.batch, og, cg, taps, g.positions, 1])
 
 
 def _gather_rows_and_convolve(
@@ -547,24 +545,22 @@ def _gather_rows_and_convolve(
     before, after = [0, 0, _PAD_BEFORE, _PAD_BEFORE], [0, 0, _PAD_AFTER, _PAD_AFTER]
     padded = e.op("Pad", input, g.int64(before + after))  # (B, C, Hp, Wp)
     channels_last = e.op("Transpose", padded, perm=[0, 2, 3, 1])  # (B, Hp, Wp, C)
-    rows = g.reshape(channels_last, [-1, cg])  # (B·Hp·Wp·og, Cg)
+    padded_pixels = g.padded_pixels(input)  # Hp·Wp
+    rows = g.reshape(channels_last, [g.product(g.batch, padded_pixels, og), cg])  # (B·Hp·Wp·og, Cg)
 
     # row of (b, pixel, group) = (b·Hp·Wp + pixel)·og + group; index: (B, L, K, og, 4)
     index = e.op("Transpose", index, perm=[0, 3, 2, 1, 4])
     if og > 1:
         index = e.op("Add", e.op("Mul", index, g.int64(og)), g.int64(np.arange(og).reshape(og, 1)))
-    batch = g.dim(input, 0)
-    if batch != 1:
-        pixels = e.op("Mul", g.dim_plus(input, 2, _PAD_BEFORE + _PAD_AFTER),
-                      g.dim_plus(input, 3, _PAD_BEFORE + _PAD_AFTER))
-        first_row = e.op("Mul", e.op("Range", g.int64(0), g.reshape(g.as_value(batch), []), g.int64(1)),
-                         e.op("Mul", pixels, g.int64([og])))
-        index = e.op("Add", index, g.reshape(first_row, [-1, 1, 1, 1, 1]))
+    if g.batch != 1:
+        images = e.op("Range", g.int64(0), g.reshape(g.as_value(g.batch), []), g.int64(1))  # (B,)
+        first_row = e.op("Mul", images, g.as_value(g.product(padded_pixels, og)))
+        index = e.op("Add", index, g.reshape(first_row, [g.batch, 1, 1, 1, 1]))
     corners = e.op("Gather", rows, index, axis=0)  # (B, L, K, og, 4, Cg)
 
     # corner_weight: (B, og, K, L, 4) -> (B, L, K, og, 1, 4)
     corner_weight = e.op("Transpose", corner_weight, perm=[0, 3, 2, 1, 4])
-    corner_weight = g.reshape(corner_weight, [0, -1, taps, og, 1, 4])
+    corner_weight = g.reshape(corner_weight, [g.batch, g.positions, taps, og, 1, 4])
     samples = e.op("MatMul", corner_weight, corners)  # (B, L, K, og, 1, Cg)
 
     reduced = taps * params.channels_per_group
@@ -572,14 +568,15 @@ def _gather_rows_and_convolve(
     kernel = g.reshape(weight, [groups, cout // groups, params.channels_per_group, taps])
     kernel = g.reshape(e.op("Transpose", kernel, perm=[0, 3, 2, 1]), [groups, reduced, cout // groups])
     if groups == 1:
-        columns = g.reshape(samples, [0, 1, -1, reduced])  # (B, 1, L, K·C)
+        columns = g.reshape(samples, [g.batch, 1, g.positions, reduced])  # (B, 1, L, K·C)
     else:
         # (B, L, K, G, C/G) -> (B, G, L, K, C/G) -> (B, G, L, K·C/G)
-        columns = g.reshape(samples, [0, -1, taps, groups, params.channels_per_group])
-        columns = g.reshape(e.op("Transpose", columns, perm=[0, 3, 1, 2, 4]), [0, groups, -1, reduced])
+        columns = g.reshape(samples, [g.batch, g.positions, taps, groups, params.channels_per_group])
+        columns = e.op("Transpose", columns, perm=[0, 3, 1, 2, 4])
+        columns = g.reshape(columns, [g.batch, groups, g.positions, reduced])
     out = e.op("MatMul", columns, kernel)  # (B, G, L, Cout/G)
     out = e.op("Transpose", out, perm=[0, 1, 3, 2])  # (B, G, Cout/G, L)
-    return g.reshape(out, [0, cout, g.dim(offset, 2), g.dim(offset, 3)])
+    return g.reshape(out, [g.batch, cout, g.dim(offset, 2), g.dim(offset, 3)])
 
 
 def _convolve_columns(
@@ -597,19 +594,49 @@ def _convolve_columns(
     """
     groups, cout = params.groups, params.out_channels
     reduced = params.channels_per_group * params.taps
-    columns = g.reshape(columns, [0, groups, reduced, -1])  # (B, G, C/G·K, L)
+    columns = g.reshape(columns, [g.batch, groups, reduced, g.positions])  # (B, G, C/G·K, L)
     kernel = g.reshape(weight, [groups, cout // groups, reduced])  # (G, Cout/G, C/G·K)
     out = g.e.op("MatMul", kernel, columns)  # (B, G, Cout/G, L)
-    return g.reshape(out, [0, cout, g.dim(offset, 2), g.dim(offset, 3)])
+    return g.reshape(out, [g.batch, cout, g.dim(offset, 2), g.dim(offset, 3)])
 
 
 class _Builder(Generic[V]):
     """Shape and constant helpers over an emitter, in one compute dtype."""
 
-    def __init__(self, e: Emitter[V], dtype: type[np.floating]) -> None:
+    def __init__(self, e: Emitter[V], dtype: type[np.floating], input: V, offset: V) -> None:
         self.e = e
         self.dtype = dtype
         self.onnx_dtype = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+        self._input = input
+        self._offset = offset
+
+    # Every reshape spells out its dimensions: a Reshape that copies (0) or infers (-1) a dimension
+    # fails on an empty batch, and the legacy exporter's shape inference asserts on some of them.
+    @functools.cached_property
+    def batch(self) -> Dim[V]:
+        """B, the batch size."""
+        return self.dim(self._input, 0)
+
+    @functools.cached_property
+    def positions(self) -> Dim[V]:
+        """L = oh·ow, the number of output positions."""
+        return self.product(self.dim(self._offset, 2), self.dim(self._offset, 3))
+
+    def product(self, *dims: Dim[V]) -> Dim[V]:
+        """The product of dimensions: an int when all are static."""
+        static = 1
+        dynamic: list[V] = []
+        for d in dims:
+            if isinstance(d, int):
+                static *= d
+            else:
+                dynamic.append(d)
+        if not dynamic:
+            return static
+        out = dynamic[0]
+        for d in dynamic[1:]:
+            out = self.e.op("Mul", out, d)
+        return out if static == 1 else self.e.op("Mul", out, self.int64([static]))
 
     def floats(self, value: Union[float, Sequence[float], np.ndarray]) -> V:
         return self.e.constant(np.asarray(value, dtype=self.dtype))
@@ -633,6 +660,11 @@ class _Builder(Generic[V]):
         """A dimension as a (1,) int64 value."""
         return self.int64([dim]) if isinstance(dim, int) else dim
 
+    def padded_pixels(self, input: V) -> Dim[V]:
+        """Hp·Wp, the pixels of the input padded for the gather lowerings."""
+        pad = _PAD_BEFORE + _PAD_AFTER
+        return self.product(self.dim_plus(input, 2, pad), self.dim_plus(input, 3, pad))
+
     def dim_plus(self, value: V, axis: int, extra: int) -> V:
         """value.shape[axis] + extra as a (1,) int64 value."""
         dim = self.dim(value, axis)
@@ -654,11 +686,7 @@ class _Builder(Generic[V]):
         return self.e.op("Concat", *[self.int64([d]) if isinstance(d, int) else d for d in dims], axis=0)
 
     def reshape(self, value: V, shape: Sequence[Dim[V]]) -> V:
-        """Reshape to ``shape``, whose entries are ints (0 copies, -1 infers) or (1,) values."""
-        if 0 in shape and -1 not in shape:
-            # The legacy exporter's shape inference asserts on a 0 without a -1; the batch
-            # dimension (the only one we copy) can as well be inferred.
-            shape = [-1 if isinstance(d, int) and d == 0 else d for d in shape]
+        """Reshape to ``shape``, whose entries are ints or (1,) values."""
         return self.e.op("Reshape", value, self.shape(shape))
 
     def reduce_sum_last(self, value: V) -> V:

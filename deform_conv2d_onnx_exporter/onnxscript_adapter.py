@@ -69,7 +69,8 @@ def create_deform_conv2d_custom_op(
     Args:
         use_gathernd: the 1.x switch: True for the ``gathernd`` lowering, False for
             ``gatherelements``; None (default) leaves the choice to ``lowering``.
-        enable_openvino_patch: make the GatherND output shape explicit for OpenVINO.
+        enable_openvino_patch: accepted for 1.x compatibility; changes nothing, as every
+            shape in the graph is explicit (what the 1.x patch did after GatherND).
         lowering: ``"auto"`` (default: ``grid_sample`` for float32 and float16 at opset >= 16,
             else ``gather_rows``), ``"grid_sample"``, ``"gather_rows"``, ``"gathernd"``,
             ``"gatherelements"``, or ``"native"`` (ONNX DeformConv, opset >= 19, for runtimes

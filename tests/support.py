@@ -32,16 +32,8 @@ TOLERANCE = {
     torch.float16: (2e-2, 1e-2),
 }
 
-#: Lowerings as (lowering, enable_openvino_patch).
-LOWERINGS = {
-    "grid_sample": ("grid_sample", False),
-    "gather_rows": ("gather_rows", False),
-    "gathernd": ("gathernd", False),
-    "gathernd-openvino": ("gathernd", True),
-    "gatherelements": ("gatherelements", False),
-    "gatherelements-openvino": ("gatherelements", True),
-    "native": ("native", False),
-}
+#: Every lowering but "auto", which resolves to one of them.
+LOWERINGS = ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"]
 
 EXPORTERS = ["legacy", "dynamo"] if versions.installed().has_dynamo_translation else ["legacy"]
 
@@ -138,10 +130,9 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
            lowering: str = "auto", names: Optional[list[str]] = None,
            dynamic: bool = False, opset: Optional[int] = None) -> bytes:
     """Export with our package's `export` and return the model bytes (checked by onnx)."""
-    chosen, openvino = LOWERINGS.get(lowering, (lowering, False))
     names = names or [f"input{i}" for i in range(len(inputs))]
     kwargs: dict[str, Any] = {"input_names": names}
-    if chosen == "native" and opset is None and exporter == "legacy":
+    if lowering == "native" and opset is None and exporter == "legacy":
         opset = NATIVE_MIN_OPSET  # the legacy exporter's default opset may be lower
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -152,7 +143,7 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
         dce.export(module, inputs, path, dynamo=exporter == "dynamo",
-                   lowering=chosen, enable_openvino_patch=openvino, **kwargs)
+                   lowering=lowering, **kwargs)
         data = onnx.load(path).SerializeToString()  # with any external data inlined
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     return data

@@ -107,7 +107,7 @@ def test_export_restores_the_users_registration() -> None:
     torchscript_adapter.register(LoweringOptions("gatherelements"))
     case = Case()
     module, inputs = DeformConvCall(case), make_inputs(case)
-    export(module, inputs, "legacy", "gathernd-openvino")
+    export(module, inputs, "legacy", "gathernd")
     assert torchscript_adapter.registered_options() == LoweringOptions("gatherelements")
     torchscript_adapter.register(None)
     export(module, inputs, "legacy")
@@ -188,6 +188,16 @@ def test_contradictory_options_are_refused(use_gathernd: bool | None, lowering: 
         dce.create_deform_conv2d_custom_op(use_gathernd, lowering=lowering)
     with pytest.raises(dce.DeformConvExportError, match=message):
         dce.register_deform_conv2d_onnx_op(use_gathernd, lowering=lowering)
+
+
+def test_openvino_patch_is_accepted_and_changes_nothing() -> None:
+    case = Case()
+    module, inputs = DeformConvCall(case), make_inputs(case)
+    plain, patched = io.BytesIO(), io.BytesIO()
+    for target, patch in ((plain, False), (patched, True)):
+        dce.export(module, inputs, target, dynamo=False, lowering="gathernd",
+                   enable_openvino_patch=patch)
+    assert plain.getvalue() == patched.getvalue()
 
 
 def test_translation_table_may_not_translate_deform_conv2d() -> None:

@@ -38,3 +38,14 @@ def test_extreme_offsets_sample_zero(exporter: str, lowering: str) -> None:
         offset[0, 5, 1, 1] = value
         finite = torch.nan_to_num(offset, nan=1e4)
         assert_matches(run(model, names, (x, offset, mask)), module(x, finite, mask), torch.float32)
+
+
+@pytest.mark.parametrize("lowering", list(LOWERINGS))
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_empty_batch(exporter: str, lowering: str) -> None:
+    """torchvision maps a batch of 0 to an empty output; so does the model, exported at batch 2."""
+    case = Case(offset_groups=2)
+    module, names = DeformConvCall(case), input_names(case)
+    model = export(module, make_inputs(case, batch=2), exporter, lowering, names, dynamic=True)
+    empty = tuple(t[:0] for t in make_inputs(case))
+    assert_matches(run(model, names, empty), module(*empty), torch.float32)
