@@ -48,3 +48,11 @@ def bench(session: nox.Session) -> None:
     """The speed and memory benchmark (benchmarks/bench.py); extra arguments go to it."""
     _install(session, *TORCH, "ort")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def fuzz(session: nox.Session) -> None:
+    """The property-based tests with 500 random examples instead of CI's fixed 60."""
+    _install(session, *TORCH, "test")
+    session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
+                *session.posargs)

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# "ci": a fixed budget, the same examples on every run; "fuzz": many random examples.
+_SLOW_EXPORTS = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None,
+                          suppress_health_check=_SLOW_EXPORTS, print_blob=True)
+settings.register_profile("fuzz", max_examples=500, deadline=None,
+                          suppress_health_check=_SLOW_EXPORTS, print_blob=True)
+settings.load_profile("ci")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
