@@ -208,3 +208,37 @@ def test_translation_table_may_not_translate_deform_conv2d() -> None:
     with pytest.raises(ValueError, match="custom_translation_table: expected no entry"):
         dce.export(DeformConvCall(case), make_inputs(case), io.BytesIO(), dynamo=True,
                    custom_translation_table=table)
+
+
+_WITHOUT_ONNXSCRIPT = """
+import sys
+sys.modules["onnxscript"] = None  # makes "import onnxscript" raise ImportError
+import io, torch, torchvision
+import deform_conv2d_onnx_exporter as dce
+
+class Call(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3))
+    def forward(self, x, offset):
+        return torchvision.ops.deform_conv2d(x, offset, self.weight, padding=1)
+
+args = (torch.randn(1, 4, 6, 6), torch.randn(1, 18, 6, 6))
+dce.export(Call(), args, io.BytesIO(), dynamo=False)
+print("legacy ok")
+try:
+    dce.create_deform_conv2d_custom_op()
+except dce.DeformConvExportError as error:
+    print(error)
+"""
+
+
+def test_works_without_onnxscript_on_the_legacy_path() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_ONNXSCRIPT], capture_output=True,
+                            text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "legacy ok"
+    assert lines[1].startswith("onnxscript: the dynamo exporter path needs the packages onnxscript")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import onnx
 import pytest
 import torch
 from support import (
@@ -49,3 +50,46 @@ def test_empty_batch(exporter: str, lowering: str) -> None:
     model = export(module, make_inputs(case, batch=2), exporter, lowering, names, dynamic=True)
     empty = tuple(t[:0] for t in make_inputs(case))
     assert_matches(run(model, names, empty), module(*empty), torch.float32)
+
+
+EDGE_CASES = {
+    "1x1 image": Case(height=1, width=1, kernel=(1, 1), padding=(0, 0)),
+    "1-pixel-high image": Case(height=1, width=9, kernel=(3, 3), padding=(1, 1)),
+    "1-pixel-wide image": Case(height=8, width=1, kernel=(2, 3), padding=(0, 1)),
+    "1x1 output": Case(height=5, width=4, kernel=(5, 4), padding=(0, 0)),
+    "kernel larger than the image": Case(height=3, width=4, kernel=(7, 6), padding=(3, 3)),
+    "stride larger than the kernel": Case(height=11, width=13, kernel=(2, 3), stride=(4, 5), padding=(0, 1)),
+    "no padding, offsets pointing outside": Case(height=6, width=6, padding=(0, 0)),
+    "many channels in groups": Case(in_channels=256, out_channels=64, height=6, width=5, groups=8,
+                                    offset_groups=16),
+}
+
+
+@pytest.mark.parametrize("lowering", list(LOWERINGS))
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edge_configuration(name: str, lowering: str) -> None:
+    case = EDGE_CASES[name]
+    module, names = DeformConvCall(case), input_names(case)
+    model = export(module, make_inputs(case), "legacy", lowering, names)
+    for seed in (1, 2):
+        inputs = make_inputs(case, seed=seed)
+        if name == "no padding, offsets pointing outside":
+            inputs = (inputs[0], inputs[1].abs() * 3 + 2, *inputs[2:])  # every tap pushed down-right
+        assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
+
+
+@pytest.mark.parametrize("lowering", list(LOWERINGS))
+def test_reference_evaluator_agrees(lowering: str) -> None:
+    """A second oracle: ONNX's reference evaluator runs the same models (and native DeformConv).
+
+    Its GatherElements fails on a gathered axis of 64 or more (NumPy's choose takes fewer than 64
+    choices here), so the padded image has (4 + 3)·(4 + 3) = 49 pixels.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    case = Case(height=4, width=4, offset_groups=2, stride=(1, 2))
+    module, names, inputs = DeformConvCall(case), input_names(case), make_inputs(case)
+    model = export(module, inputs, "legacy", lowering, names)
+    (got,) = ReferenceEvaluator(onnx.load_from_string(model)).run(
+        None, {n: t.numpy() for n, t in zip(names, inputs)})
+    assert_matches(got, module(*inputs), torch.float32)
