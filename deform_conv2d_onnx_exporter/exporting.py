@@ -11,6 +11,7 @@ from onnx import TensorProto
 from . import torchscript_adapter, versions
 from .decomposition import LoweringOptions
 from .onnxscript_adapter import translation_function
+from .params import DeformConvExportError
 
 #: ``torch.onnx.export`` takes the ``dynamo`` keyword from torch 2.4 on.
 _DYNAMO_KEYWORD = versions.Version("2.4")
@@ -82,9 +83,26 @@ def export(
             return torch.onnx.export(model, args, f, **kwargs)
         finally:
             torchscript_adapter.register(previous)
-    except BaseException:
+    except BaseException as error:
         leftover()
+        # torch wraps an error raised while translating in two or three layers of its own;
+        # surface ours, which names the argument, what was expected and what was got.
+        ours = _our_error(error)
+        if ours is not None and ours is not error:
+            raise ours from error
         raise
+
+
+def _our_error(error: BaseException) -> Optional[DeformConvExportError]:
+    """The DeformConvExportError in the chain of causes of ``error``, if any."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DeformConvExportError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _translation_table(

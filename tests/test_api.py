@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+import torchvision
 from support import (
     EXPORTERS,
     Case,
@@ -242,3 +243,48 @@ def test_works_without_onnxscript_on_the_legacy_path() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "legacy ok"
     assert lines[1].startswith("onnxscript: the dynamo exporter path needs the packages onnxscript")
+
+
+class _Call(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None):
+        return torchvision.ops.deform_conv2d(x, offset, self.weight, padding=1, mask=mask)
+
+
+_BAD_CALLS = {
+    "mask channels": (torch.randn(6, 4, 3, 3), (torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5),
+                                                torch.rand(1, 8, 5, 5)),
+                      r"mask: expected 9 channels .*got mask.shape\[1\]=8"),
+    "integer input": (torch.randn(6, 4, 3, 3), (torch.randint(0, 5, (1, 4, 5, 5)), torch.randn(1, 18, 5, 5)),
+                      r"input: expected a floating-point tensor .*got int64"),
+    "weight inconsistent with the channels": (
+        torch.randn(6, 3, 3, 3), (torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5)),
+        r"input: expected in_channels = groups \* weight.shape\[1\] = 1 \* 3 = 3, got input.shape\[1\]=4"),
+    "offset groups not dividing the channels": (
+        torch.randn(6, 4, 3, 3), (torch.randn(1, 4, 5, 5), torch.randn(1, 54, 5, 5)),
+        r"offset_groups: in_channels=4 must be divisible by offset_groups=3"),
+}
+
+
+@pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
+@pytest.mark.parametrize("name", list(_BAD_CALLS))
+def test_bad_calls_get_our_error_on_the_dynamo_path(name: str, tmp_path) -> None:
+    """torch.export does not run torchvision's checks; ours catch the call, on top of torch's wrappers."""
+    weight, args, message = _BAD_CALLS[name]
+    path = tmp_path / "model.onnx"
+    with pytest.raises(dce.DeformConvExportError, match=message):
+        dce.export(_Call(weight), args, str(path), dynamo=True, verbose=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("name", list(_BAD_CALLS))
+def test_bad_calls_fail_on_the_legacy_path(name: str, tmp_path) -> None:
+    """The legacy exporter runs torchvision's kernel while tracing, which refuses these first."""
+    weight, args, _ = _BAD_CALLS[name]
+    path = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError, match=r"deform|shape\[1\]|not implemented for 'Long'"):
+        dce.export(_Call(weight), args, str(path), dynamo=False)
+    assert not path.exists()
