@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -93,3 +94,19 @@ def test_reference_evaluator_agrees(lowering: str) -> None:
     (got,) = ReferenceEvaluator(onnx.load_from_string(model)).run(
         None, {n: t.numpy() for n, t in zip(names, inputs)})
     assert_matches(got, module(*inputs), torch.float32)
+
+
+@pytest.mark.parametrize("lowering", list(LOWERINGS))
+def test_nonfinite_input_spreads_like_torchvision(lowering: str) -> None:
+    """An Inf or NaN pixel makes the same outputs Inf or NaN as in torchvision, the rest match."""
+    case = Case(in_channels=2, out_channels=1, height=5, width=5, mask=False, bias=False)
+    module, names = DeformConvCall(case), input_names(case)
+    x, offset = make_inputs(case)
+    x[0, 0, 2, 2], x[0, 1, 4, 0] = math.inf, math.nan
+    model = export(module, (x, offset), "legacy", lowering, names)
+    for offsets in (torch.zeros_like(offset), torch.full_like(offset, 0.5), offset):
+        got = run(model, names, (x, offsets))
+        expected = module(x, offsets).detach().numpy()
+        assert (np.isnan(got) == np.isnan(expected)).all() and (np.isinf(got) == np.isinf(expected)).all()
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], atol=1e-4, rtol=1e-4)
