@@ -96,6 +96,11 @@ def test_register_legacy_api_round_trip() -> None:
     # varies by release (after an unregister torch 2.14 says "min() arg is an empty sequence").
     with pytest.raises(Exception):  # noqa: B017
         _legacy_export(module, inputs, opset_version=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dce.DeformConvWarning)
+        dce.register_deform_conv2d_onnx_op(lowering="gather_rows")  # and again after unregistering
+    model = _legacy_export(module, inputs, opset_version=12, input_names=names)
+    assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
 
 @pytest.mark.skipif(not versions.installed().dynamo_by_default, reason="dynamo is not the default")
