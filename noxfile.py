@@ -1,13 +1,21 @@
-"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest) and ``sweep`` (the full sweep).
+"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest), ``matrix`` (the test suite on
+each older torch release), ``sweep`` (the full sweep), ``bench`` and ``fuzz``.
 
 Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
 which is also why linting runs in the test environment rather than in one of its own.
+
+Every test run writes what it ran to ``tools/matrix-results/<torch>.json``;
+``python tools/support_table.py`` renders README's support table from those files.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import time
+from dataclasses import dataclass
 
 import nox
 
@@ -17,42 +25,116 @@ nox.options.envdir = os.environ.get(
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
-#: The torch release tested by default; pip installs it from this machine's local files.
-TORCH = ("2.14.1", "0.29.1")
+RESULTS = os.path.join("tools", "matrix-results")
 
 
-def _install(session: nox.Session, torch_version: str, torchvision_version: str, extra: str) -> None:
-    # torch first and pinned, so that resolving the package never pulls another torch.
-    session.install(f"torch=={torch_version}", f"torchvision=={torchvision_version}")
-    session.install("-e", f".[{extra}]")
+@dataclass(frozen=True)
+class Stack:
+    """One torch / torchvision pair and the versions of everything exported or run with it."""
+
+    torch: str
+    torchvision: str
+    numpy: str
+    onnx: str
+    onnxruntime: str
+    onnxscript: str
+
+    def pins(self) -> list[str]:
+        return [f"torch=={self.torch}", f"torchvision=={self.torchvision}", f"numpy=={self.numpy}",
+                f"onnx=={self.onnx}", f"onnxruntime=={self.onnxruntime}",
+                f"onnxscript=={self.onnxscript}"]
+
+
+#: The one place the tested versions are written down, oldest torch first. Each pair has Python
+#: 3.11 wheels; the ONNX packages are the oldest that install beside that torch (numpy 1 before
+#: torch 2.6), so that pyproject's lower bounds are tested too, and onnxruntime >= 1.25 (which
+#: runs native DeformConv) from torch 2.6 on. The last pair is the ``tests`` session's; the
+#: others are ``matrix-<torch>``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
+#: Python 3.11 wheel.
+STACKS = [
+    Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.16.0", onnxruntime="1.15.1", onnxscript="0.1.0"),
+    Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.16.2", onnxruntime="1.20.1", onnxscript="0.1.0"),
+    Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.25.0", onnxscript="0.1.0"),
+    Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.26.0", onnxscript="0.5.4"),
+    Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2"),
+]
+NEWEST = STACKS[-1]
+OLDER = {stack.torch: stack for stack in STACKS[:-1]}
+
+
+def _install(session: nox.Session, stack: Stack, extra: str) -> None:
+    # Everything pinned in one resolve, so that pip never picks another torch (a download of
+    # several GB), and fails if pyproject's ranges exclude a tested version. No pip cache: the
+    # environments are reused, and a cached copy of each torch would double the disk they take.
+    session.install(*stack.pins(), "-e", f".[{extra}]", env={"PIP_NO_CACHE_DIR": "1"})
+
+
+def _pytest(session: nox.Session, stack: Stack, started: float, *args: str) -> None:
+    """Run pytest, then add the session's wall time and environment size to its results file."""
+    os.makedirs(RESULTS, exist_ok=True)
+    results = os.path.join(RESULTS, f"{stack.torch}.json")
+    if os.path.exists(results):
+        os.remove(results)  # a stale file must not pass for this run's (or --install-only's)
+    session.run("python", "-m", "pytest", "-q", f"--results-json={results}", *args)
+    location = session.virtualenv.location
+    if not os.path.exists(results) or not isinstance(location, str):
+        return
+    size = subprocess.run(["du", "-sb", location], capture_output=True, text=True, check=True)
+    with open(results) as file:
+        data = json.load(file)
+    data["session"] = {
+        "name": session.name,
+        "wall_seconds": round(time.monotonic() - started),
+        "env_bytes": int(size.stdout.split()[0]),
+    }
+    with open(results, "w") as file:
+        json.dump(data, file, indent=1, sort_keys=True)
+        file.write("\n")
+    session.log(f"wall time {data['session']['wall_seconds']} s, environment "
+                f"{data['session']['env_bytes'] / 1e9:.1f} GB ({location})")
 
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """ruff, mypy, then the test suite on the default torch; extra arguments go to pytest."""
-    _install(session, *TORCH, "test,dev")
+    """ruff, mypy, then the test suite on the newest torch; extra arguments go to pytest."""
+    started = time.monotonic()
+    _install(session, NEWEST, "test,dev")
     session.run("ruff", "check", ".")
     session.run("mypy")
-    session.run("python", "-m", "pytest", "-q", "--durations=15", *session.posargs)
+    _pytest(session, NEWEST, started, "--durations=15", *session.posargs)
+
+
+@nox.session(python="3.11")
+@nox.parametrize("torch", list(OLDER), ids=list(OLDER))
+def matrix(session: nox.Session, torch: str) -> None:
+    """The test suite on an older torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
+
+    Tests of paths this torch lacks are deselected by the package's own version detection
+    (tests/conftest.py); extra arguments go to pytest.
+    """
+    started = time.monotonic()
+    stack = OLDER[torch]
+    _install(session, stack, "test")
+    _pytest(session, stack, started, *session.posargs)
 
 
 @nox.session(python="3.11")
 def sweep(session: nox.Session) -> None:
     """The cartesian configuration sweep (hundreds of exports per exporter; about an hour)."""
-    _install(session, *TORCH, "test")
+    _install(session, NEWEST, "test")
     session.run("python", "-m", "pytest", "-q", "--full-sweep", "tests/test_sweep.py", *session.posargs)
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """The speed and memory benchmark (benchmarks/bench.py); extra arguments go to it."""
-    _install(session, *TORCH, "ort")
+    _install(session, NEWEST, "ort")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(python="3.11")
 def fuzz(session: nox.Session) -> None:
     """The property-based tests with 500 random examples instead of CI's fixed 60."""
-    _install(session, *TORCH, "test")
+    _install(session, NEWEST, "test")
     session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
                 *session.posargs)

@@ -13,9 +13,6 @@ from .decomposition import LoweringOptions
 from .onnxscript_adapter import translation_function
 from .params import DeformConvExportError
 
-#: ``torch.onnx.export`` takes the ``dynamo`` keyword from torch 2.4 on.
-_DYNAMO_KEYWORD = versions.Version("2.4")
-
 
 def export(
     model: torch.nn.Module,
@@ -55,7 +52,8 @@ def export(
     Raises:
         ValueError: ``dynamo=True`` on a torch without ``custom_translation_table``, or a
             ``custom_translation_table`` that already translates deform_conv2d.
-        DeformConvExportError: a deform_conv2d call that cannot be exported correctly.
+        DeformConvExportError: a deform_conv2d call that cannot be exported correctly, or
+            ``lowering="native"`` on a legacy exporter that cannot write opset 19 (torch < 2.2).
     """
     capabilities = versions.installed()
     exporter = capabilities.choose_exporter(dynamo)
@@ -75,7 +73,8 @@ def export(
                 "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
                 f"got a table of {len(custom_translation_table)} entries"
             )
-        if capabilities.version >= _DYNAMO_KEYWORD:
+        torchscript_adapter.check_legacy_lowering(options, capabilities)
+        if capabilities.has_dynamo_keyword:
             kwargs["dynamo"] = False
         previous = torchscript_adapter.registered_options()
         torchscript_adapter.register(options)

@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto
 
 from . import _torch_compat, versions
-from .decomposition import LoweringOptions, torchvision_deform_conv2d
+from .decomposition import NATIVE_MIN_OPSET, LoweringOptions, torchvision_deform_conv2d
 from .emitter import Attribute, Emitter
 from .params import DeformConvExportError
 
@@ -133,8 +133,14 @@ def register_deform_conv2d_onnx_op(
     Args:
         use_gathernd, enable_openvino_patch, lowering: how deform_conv2d is written, as for
             :func:`create_deform_conv2d_custom_op` (README, "Options").
+
+    Raises:
+        DeformConvExportError: contradictory options, or ``lowering="native"`` on a torch whose
+            legacy exporter cannot write opset 19 (torch < 2.2).
     """
-    register(LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering))
+    options = LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering)
+    check_legacy_lowering(options, versions.installed())
+    register(options)
     if versions.installed().dynamo_by_default:
         warnings.warn(
             f"deform_conv2d was registered for the legacy exporter only. torch "
@@ -143,6 +149,22 @@ def register_deform_conv2d_onnx_op(
             f"torch.onnx.export, or call deform_conv2d_onnx_exporter.export(...).",
             DeformConvWarning,
             stacklevel=2,
+        )
+
+
+def check_legacy_lowering(options: LoweringOptions, torch_capabilities: versions.TorchCapabilities) -> None:
+    """Refuse a lowering the legacy exporter of this torch can never write.
+
+    Raises:
+        DeformConvExportError: ``lowering="native"`` where the legacy exporter's highest opset
+            is below 19 (torch < 2.2).
+    """
+    highest = torch_capabilities.legacy_max_opset
+    if options.lowering == "native" and highest < NATIVE_MIN_OPSET:
+        raise DeformConvExportError(
+            f"lowering: 'native' needs opset >= {NATIVE_MIN_OPSET}, and the legacy exporter of torch "
+            f"{torch_capabilities.version} writes opsets up to {highest}; choose another lowering "
+            f"or torch >= 2.2"
         )
 
 

@@ -1,14 +1,26 @@
-"""What the installed torch can export with, decided from its version number alone.
+"""What the installed torch (and ONNX Runtime) can export with or run, decided from version numbers.
 
-Measured on Python 3.11 wheels (see README, "Supported versions"):
+Every number below was measured on Python 3.11 wheels; the releases in brackets are the ones the
+test matrix runs (``nox -s tests matrix``, README "Supported versions"), the others were checked
+once by hand (2.2.2, 2.8.0) or lie between two measured releases.
 
-==========  ================================  =========================  =====================
-torch       legacy exporter (``dynamo=False``) ``custom_translation_table``  ``export`` default
-==========  ================================  =========================  =====================
-< 2.6       yes                               no                          legacy
-2.6 – 2.8   yes                               yes                         legacy
->= 2.9      yes                               yes                         dynamo
-==========  ================================  =========================  =====================
+==============  ======================  ===============  ==================  ===================
+torch           legacy default / max    ``dynamo=``      custom_translation  ``export`` default
+                opset                   keyword          _table
+==============  ======================  ===============  ==================  ===================
+1.13            14 / 17                 no               no                  legacy (unsupported)
+2.0 – 2.1       14 / 18  [2.0.1]        no               no                  legacy
+2.2 – 2.3       17 / 19                 no               no                  legacy
+2.4 – 2.5       17 / 20  [2.4.1]        yes              no                  legacy
+2.6 – 2.7       17 / 20  [2.6.0]        yes              yes                 legacy
+2.8             18 / 20                 yes              yes                 legacy
+>= 2.9          20 / 23  [2.9.1 2.14.1] yes              yes                 dynamo
+==============  ======================  ===============  ==================  ===================
+
+The highest opset is the highest ``opset_version`` the legacy exporter accepts; from torch 2.9 it
+accepts 21 – 23 and writes them with its opset-20 translations. The dynamo exporter writes opset 18
+by default before torch 2.9, and 20 from 2.9.
+ONNX Runtime runs the ONNX ``DeformConv`` operator (``lowering="native"``) from 1.25.
 """
 
 from __future__ import annotations
@@ -20,10 +32,31 @@ from packaging.version import Version
 
 Exporter = Literal["legacy", "dynamo"]
 
+#: The oldest torch this package supports (torchvision 0.15): older ones have no torchvision
+#: with Python 3.11 wheels to test on.
+OLDEST_TORCH = Version("2.0")
+#: First torch whose ``torch.onnx.export`` takes the ``dynamo`` keyword.
+DYNAMO_KEYWORD = Version("2.4")
 #: First torch whose dynamo exporter takes ``custom_translation_table``.
 DYNAMO_TRANSLATION_TABLE = Version("2.6")
 #: First torch whose ``torch.onnx.export`` defaults to ``dynamo=True``.
 DYNAMO_BY_DEFAULT = Version("2.9")
+#: The legacy exporter's (default opset, highest opset), from the first release that has them.
+_LEGACY_OPSETS = [
+    (Version("2.9"), (20, 23)),
+    (Version("2.8"), (18, 20)),
+    (Version("2.4"), (17, 20)),
+    (Version("2.2"), (17, 19)),
+    (Version("2.0"), (14, 18)),
+    (Version("0"), (14, 17)),
+]
+#: First ONNX Runtime that runs the ONNX DeformConv operator (CPU: float and double).
+ONNXRUNTIME_DEFORMCONV = Version("1.25")
+
+
+def _release(version: str) -> Version:
+    """``version`` without local or dev tags: ``"2.6.0+cpu"`` -> 2.6.0."""
+    return Version(Version(version).base_version)
 
 
 @dataclass(frozen=True)
@@ -32,19 +65,34 @@ class TorchCapabilities:
 
     Attributes:
         version: the release, without local tags such as ``+cpu``.
+        has_dynamo_keyword: ``torch.onnx.export`` takes ``dynamo=``.
         has_dynamo_translation: the dynamo exporter accepts ``custom_translation_table``.
         dynamo_by_default: ``torch.onnx.export`` uses the dynamo exporter unless told otherwise
             (the same releases raised the dynamo exporter's default opset from 18 to 20).
+        legacy_default_opset: the opset the legacy exporter writes when not told.
+        legacy_max_opset: the highest ``opset_version`` the legacy exporter accepts.
     """
 
     version: Version
+    has_dynamo_keyword: bool
     has_dynamo_translation: bool
     dynamo_by_default: bool
+    legacy_default_opset: int
+    legacy_max_opset: int
 
     @property
     def dynamo_default_opset(self) -> int:
         """The opset the dynamo exporter writes when ``opset_version`` is not given."""
         return 20 if self.dynamo_by_default else 18
+
+    @property
+    def supported(self) -> bool:
+        """This package supports (and tests) the release."""
+        return self.version >= OLDEST_TORCH
+
+    def exporters(self) -> list[Exporter]:
+        """The exporters this package can use with this release."""
+        return ["legacy", "dynamo"] if self.has_dynamo_translation else ["legacy"]
 
     def default_exporter(self) -> Exporter:
         """The exporter ``torch.onnx.export`` of this release uses when ``dynamo`` is not given."""
@@ -68,11 +116,15 @@ class TorchCapabilities:
 
 def capabilities(torch_version: str) -> TorchCapabilities:
     """Capabilities of the torch release named by ``torch_version`` (e.g. ``"2.6.0+cpu"``)."""
-    release = Version(Version(torch_version).base_version)
+    release = _release(torch_version)
+    default_opset, max_opset = next(opsets for first, opsets in _LEGACY_OPSETS if release >= first)
     return TorchCapabilities(
         version=release,
+        has_dynamo_keyword=release >= DYNAMO_KEYWORD,
         has_dynamo_translation=release >= DYNAMO_TRANSLATION_TABLE,
         dynamo_by_default=release >= DYNAMO_BY_DEFAULT,
+        legacy_default_opset=default_opset,
+        legacy_max_opset=max_opset,
     )
 
 
@@ -81,3 +133,8 @@ def installed() -> TorchCapabilities:
     import torch
 
     return capabilities(torch.__version__)
+
+
+def onnxruntime_has_deformconv(onnxruntime_version: str) -> bool:
+    """ONNX Runtime of this version runs the ONNX DeformConv operator (``lowering="native"``)."""
+    return _release(onnxruntime_version) >= ONNXRUNTIME_DEFORMCONV

@@ -35,7 +35,32 @@ TOLERANCE = {
 #: Every lowering but "auto", which resolves to one of them.
 LOWERINGS = ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"]
 
-EXPORTERS = ["legacy", "dynamo"] if versions.installed().has_dynamo_translation else ["legacy"]
+#: Both exporters; tests/conftest.py deselects the tests of one the installed torch lacks.
+EXPORTERS = ["legacy", "dynamo"]
+
+TORCH = versions.installed()
+ORT_HAS_DEFORMCONV = versions.onnxruntime_has_deformconv(onnxruntime.__version__)
+
+
+def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[int] = None,
+                 on_onnxruntime: bool = True) -> Optional[str]:
+    """Why the installed torch and ONNX Runtime cannot run a test of these paths, None if they can.
+
+    Decided by the package's own version detection (``deform_conv2d_onnx_exporter.versions``).
+    """
+    if exporter == "dynamo" and not TORCH.has_dynamo_translation:
+        return (f"dynamo: torch {TORCH.version} has no custom_translation_table "
+                f"(needs >= {versions.DYNAMO_TRANSLATION_TABLE})")
+    if exporter == "legacy" and opset is not None and opset > TORCH.legacy_max_opset:
+        return f"legacy opset {opset}: torch {TORCH.version} writes opsets up to {TORCH.legacy_max_opset}"
+    if lowering == "native":
+        if exporter == "legacy" and TORCH.legacy_max_opset < NATIVE_MIN_OPSET:
+            return (f"native on legacy: torch {TORCH.version} writes opsets up to "
+                    f"{TORCH.legacy_max_opset}, DeformConv needs {NATIVE_MIN_OPSET}")
+        if on_onnxruntime and not ORT_HAS_DEFORMCONV:
+            return (f"native on onnxruntime: {onnxruntime.__version__} has no DeformConv "
+                    f"(needs >= {versions.ONNXRUNTIME_DEFORMCONV})")
+    return None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import io
 import os
 import warnings
 
+import numpy as np
+import onnx
 import pytest
 import torch
 import torchvision
@@ -37,47 +39,135 @@ def no_registration():
 
 def _legacy_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **kwargs) -> bytes:
     buffer = io.BytesIO()
-    if versions.installed().version >= versions.Version("2.4"):
+    if versions.installed().has_dynamo_keyword:
         kwargs["dynamo"] = False
     torch.onnx.export(module, inputs, buffer, **kwargs)
     return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
-    ("version", "default", "translation", "explicit_dynamo"),
+    ("version", "default", "keyword", "translation", "legacy_opsets"),
     [
-        ("1.13.1", "legacy", False, None),
-        ("2.0.1+cpu", "legacy", False, None),
-        ("2.4.1", "legacy", False, None),
-        ("2.6.0", "legacy", True, "dynamo"),
-        ("2.8.0+cu126", "legacy", True, "dynamo"),
-        ("2.9.1", "dynamo", True, "dynamo"),
-        ("2.14.1+cu130", "dynamo", True, "dynamo"),
-        ("2.15.0.dev20261101", "dynamo", True, "dynamo"),
+        ("1.13.1", "legacy", False, False, (14, 17)),
+        ("2.0.1+cpu", "legacy", False, False, (14, 18)),
+        ("2.2.2", "legacy", False, False, (17, 19)),
+        ("2.4.1", "legacy", True, False, (17, 20)),
+        ("2.6.0", "legacy", True, True, (17, 20)),
+        ("2.8.0+cu126", "legacy", True, True, (18, 20)),
+        ("2.9.1", "dynamo", True, True, (20, 23)),
+        ("2.14.1+cu130", "dynamo", True, True, (20, 23)),
+        ("2.15.0.dev20261101", "dynamo", True, True, (20, 23)),
     ],
 )
-def test_version_detection(version: str, default: str, translation: bool,
-                           explicit_dynamo: str | None) -> None:
+def test_version_detection(version: str, default: str, keyword: bool, translation: bool,
+                           legacy_opsets: tuple[int, int]) -> None:
     caps = versions.capabilities(version)
     assert caps.default_exporter() == default
     assert caps.choose_exporter(None) == default
     assert caps.choose_exporter(False) == "legacy"
+    assert caps.has_dynamo_keyword is keyword
     assert caps.has_dynamo_translation is translation
+    assert caps.exporters() == (["legacy", "dynamo"] if translation else ["legacy"])
     assert caps.dynamo_default_opset == (20 if default == "dynamo" else 18)
-    if explicit_dynamo is None:
+    assert (caps.legacy_default_opset, caps.legacy_max_opset) == legacy_opsets
+    assert caps.supported is (version != "1.13.1")
+    if translation:
+        assert caps.choose_exporter(True) == "dynamo"
+    else:
         with pytest.raises(ValueError, match="dynamo: expected False on torch"):
             caps.choose_exporter(True)
-    else:
-        assert caps.choose_exporter(True) == explicit_dynamo
 
 
-def test_installed_version_is_detected() -> None:
+@pytest.mark.parametrize(("version", "has_deformconv"),
+                         [("1.15.1", False), ("1.24.4", False), ("1.25.0", True), ("1.32.0", True)])
+def test_onnxruntime_version_detection(version: str, has_deformconv: bool) -> None:
+    assert versions.onnxruntime_has_deformconv(version) is has_deformconv
+
+
+class _Double(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def test_installed_torch_is_detected() -> None:
+    """Every capability versions.installed() claims, checked against the installed torch itself."""
     caps = versions.installed()
     assert str(caps.version) == torch.__version__.split("+")[0]
+    assert caps.supported
     parameters = inspect.signature(torch.onnx.export).parameters
+    assert caps.has_dynamo_keyword == ("dynamo" in parameters)
     assert caps.has_dynamo_translation == ("custom_translation_table" in parameters)
     assert caps.dynamo_by_default == (parameters.get("dynamo") is not None
                                       and parameters["dynamo"].default is True)
+    x = (torch.randn(2, 3),)
+    default = onnx.load_from_string(_legacy_export(_Double(), x))
+    assert default.opset_import[0].version == caps.legacy_default_opset
+    highest = onnx.load_from_string(_legacy_export(_Double(), x, opset_version=caps.legacy_max_opset))
+    assert highest.opset_import[0].version == caps.legacy_max_opset
+    with pytest.raises(Exception, match=str(caps.legacy_max_opset + 1)):
+        _legacy_export(_Double(), x, opset_version=caps.legacy_max_opset + 1)
+
+
+@pytest.mark.dynamo
+def test_installed_torch_dynamo_default_opset() -> None:
+    caps = versions.installed()
+    program = torch.onnx.export(_Double(), (torch.randn(2, 3),), dynamo=True, verbose=False)
+    assert program.model_proto.opset_import[0].version == caps.dynamo_default_opset
+
+
+def test_installed_onnxruntime_is_detected() -> None:
+    """The native DeformConv runs on this ONNX Runtime exactly when versions says it does."""
+    import onnxruntime
+    from onnx import helper
+
+    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], kernel_shape=[1, 1])
+    tensors = {"x": [1, 1, 2, 2], "w": [1, 1, 1, 1], "offset": [1, 2, 2, 2], "y": [1, 1, 2, 2]}
+    values = {name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+              for name, shape in tensors.items()}
+    graph = helper.make_graph([node], "g", [values["x"], values["w"], values["offset"]], [values["y"]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=8)
+    feeds = {"x": np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2),
+             "w": np.ones((1, 1, 1, 1), np.float32), "offset": np.zeros((1, 2, 2, 2), np.float32)}
+    if versions.onnxruntime_has_deformconv(onnxruntime.__version__):
+        session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, feeds)[0], feeds["x"])
+    else:
+        with pytest.raises(Exception, match="DeformConv"):
+            session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                                   providers=["CPUExecutionProvider"])
+            session.run(None, feeds)
+
+
+def test_export_dynamo_true_follows_the_installed_torch(tmp_path) -> None:
+    """dynamo=True works where torch has custom_translation_table and is refused clearly elsewhere."""
+    case = Case()
+    path = tmp_path / "model.onnx"
+    if versions.installed().has_dynamo_translation:
+        dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=True, verbose=False)
+        assert path.exists()
+    else:
+        with pytest.raises(ValueError, match=r"dynamo: expected False on torch .*needs torch >= 2.6"):
+            dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=True)
+        assert not path.exists()
+
+
+def test_native_on_the_legacy_exporter_follows_the_installed_torch(tmp_path) -> None:
+    """lowering="native" on the legacy exporter: opset 19 where torch writes it, a clear error elsewhere."""
+    case = Case()
+    path = tmp_path / "model.onnx"
+    caps = versions.installed()
+    if caps.legacy_max_opset >= 19:
+        dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False, lowering="native",
+                   opset_version=19)
+        assert {node.op_type for node in onnx.load(str(path)).graph.node} == {"DeformConv"}
+    else:
+        message = rf"lowering: 'native' needs opset >= 19, and the legacy exporter of torch {caps.version}"
+        with pytest.raises(dce.DeformConvExportError, match=message):
+            dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False, lowering="native")
+        with pytest.raises(dce.DeformConvExportError, match=message):
+            dce.register_deform_conv2d_onnx_op(lowering="native")
+        assert not path.exists()
 
 
 def test_register_legacy_api_round_trip() -> None:
@@ -103,10 +193,15 @@ def test_register_legacy_api_round_trip() -> None:
     assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
 
-@pytest.mark.skipif(not versions.installed().dynamo_by_default, reason="dynamo is not the default")
 def test_register_warns_where_dynamo_is_the_default() -> None:
-    with pytest.warns(dce.DeformConvWarning, match="dynamo=False"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dce.DeformConvWarning)
         dce.register_deform_conv2d_onnx_op()
+    ours = [w for w in caught if issubclass(w.category, dce.DeformConvWarning)]
+    if versions.installed().dynamo_by_default:
+        assert len(ours) == 1 and "dynamo=False" in str(ours[0].message)
+    else:
+        assert ours == []
 
 
 def test_export_restores_the_users_registration() -> None:
@@ -120,7 +215,7 @@ def test_export_restores_the_users_registration() -> None:
     assert torchscript_adapter.registered_options() is None
 
 
-@pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
+@pytest.mark.dynamo
 def test_custom_op_has_no_side_effects_and_works() -> None:
     op = dce.create_deform_conv2d_custom_op(use_gathernd=False)
     assert torchscript_adapter.registered_options() is None
@@ -206,9 +301,8 @@ def test_openvino_patch_is_accepted_and_changes_nothing() -> None:
     assert plain.getvalue() == patched.getvalue()
 
 
+@pytest.mark.dynamo
 def test_translation_table_may_not_translate_deform_conv2d() -> None:
-    if "dynamo" not in EXPORTERS:
-        pytest.skip("this torch has no custom_translation_table")
     case = Case()
     table = {torch.ops.torchvision.deform_conv2d.default: dce.create_deform_conv2d_custom_op()}
     with pytest.raises(ValueError, match="custom_translation_table: expected no entry"):
@@ -274,7 +368,7 @@ _BAD_CALLS = {
 }
 
 
-@pytest.mark.skipif("dynamo" not in EXPORTERS, reason="this torch has no custom_translation_table")
+@pytest.mark.dynamo
 @pytest.mark.parametrize("name", list(_BAD_CALLS))
 def test_bad_calls_get_our_error_on_the_dynamo_path(name: str, tmp_path) -> None:
     """torch.export does not run torchvision's checks; ours catch the call, on top of torch's wrappers."""

@@ -79,6 +79,7 @@ def test_edge_configuration(name: str, lowering: str) -> None:
         assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
 
+@pytest.mark.reference_evaluator
 @pytest.mark.parametrize("lowering", list(LOWERINGS))
 def test_reference_evaluator_agrees(lowering: str) -> None:
     """A second oracle: ONNX's reference evaluator runs the same models (and native DeformConv).
