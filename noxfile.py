@@ -52,10 +52,10 @@ class Stack:
 #: others are ``matrix-<torch>``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
 #: Python 3.11 wheel.
 STACKS = [
-    Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.16.0", onnxruntime="1.15.1", onnxscript="0.1.0"),
-    Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.16.2", onnxruntime="1.20.1", onnxscript="0.1.0"),
-    Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.25.0", onnxscript="0.1.0"),
-    Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.26.0", onnxscript="0.5.4"),
+    Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.15.1", onnxscript="0.1.0"),
+    Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.18.0", onnxruntime="1.20.1", onnxscript="0.1.0"),
+    Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.1.0"),
+    Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.28.0", onnxscript="0.5.4"),
     Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2"),
 ]
 NEWEST = STACKS[-1]
@@ -70,7 +70,13 @@ def _install(session: nox.Session, stack: Stack, extra: str) -> None:
 
 
 def _pytest(session: nox.Session, stack: Stack, started: float, *args: str) -> None:
-    """Run pytest, then add the session's wall time and environment size to its results file."""
+    """Run pytest, then add the session's wall time and environment size to its results file.
+
+    A run given a selection of tests (extra arguments) writes no results: they describe the suite.
+    """
+    if session.posargs:
+        session.run("python", "-m", "pytest", "-q", *args)
+        return
     os.makedirs(RESULTS, exist_ok=True)
     results = os.path.join(RESULTS, f"{stack.torch}.json")
     if os.path.exists(results):

@@ -53,7 +53,8 @@ def export(
         ValueError: ``dynamo=True`` on a torch without ``custom_translation_table``, or a
             ``custom_translation_table`` that already translates deform_conv2d.
         DeformConvExportError: a deform_conv2d call that cannot be exported correctly, or
-            ``lowering="native"`` on a legacy exporter that cannot write opset 19 (torch < 2.2).
+            ``lowering="native"`` on a legacy exporter that cannot write opset 19 (torch < 2.2),
+            or a float16 model on the CPU where torch has no CPU float16 matmul (torch < 2.1).
     """
     capabilities = versions.installed()
     exporter = capabilities.choose_exporter(dynamo)
@@ -74,6 +75,12 @@ def export(
                 f"got a table of {len(custom_translation_table)} entries"
             )
         torchscript_adapter.check_legacy_lowering(options, capabilities)
+        if not capabilities.cpu_float16_matmul and _has_cpu_float16(model, args):
+            raise DeformConvExportError(
+                f"float16: the legacy exporter runs the model to trace it, and torchvision's CPU "
+                f"kernel needs a float16 matmul, which torch {capabilities.version} does not have "
+                f"(torch >= {versions.CPU_FLOAT16_MATMUL} has); export a float32 copy of the model"
+            )
         if capabilities.has_dynamo_keyword:
             kwargs["dynamo"] = False
         previous = torchscript_adapter.registered_options()
@@ -90,6 +97,21 @@ def export(
         if ours is not None and ours is not error:
             raise ours from error
         raise
+
+
+def _has_cpu_float16(model: torch.nn.Module, args: Any) -> bool:
+    """The model's parameters or the example inputs hold a float16 tensor on the CPU."""
+    pending = [args, *model.parameters(), *model.buffers()]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            if item.dtype == torch.float16 and item.device.type == "cpu":
+                return True
+        elif isinstance(item, (tuple, list)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return False
 
 
 def _our_error(error: BaseException) -> Optional[DeformConvExportError]:

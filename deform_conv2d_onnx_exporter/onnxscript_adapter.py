@@ -2,8 +2,8 @@
 
 The function goes into ``torch.onnx.export(..., dynamo=True, custom_translation_table={
 torch.ops.torchvision.deform_conv2d.default: create_deform_conv2d_custom_op()})`` (torch >= 2.6).
-The exporter calls it while tracing, with ``onnx_ir.Value`` inputs that carry shapes (symbolic
-where dynamic) and dtypes.
+The exporter calls it while tracing, with ``onnxscript.ir.Value`` inputs (the package onnx-ir's
+``Value`` from onnxscript 0.3 on) that carry shapes (symbolic where dynamic) and dtypes.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ OPSET = 18
 
 def _onnxscript() -> Any:
     try:
-        import onnx_ir
         import onnxscript
+        from onnxscript import ir
     except ImportError as error:
         raise DeformConvExportError(
-            "onnxscript: the dynamo exporter path needs the packages onnxscript and onnx-ir "
+            "onnxscript: the dynamo exporter path needs the package onnxscript "
             f"(pip install onnxscript), got ImportError: {error}"
         ) from error
-    return onnxscript, onnx_ir
+    return onnxscript, ir
 
 
 class OnnxScriptEmitter(Emitter[Any]):

@@ -50,6 +50,9 @@ _LEGACY_OPSETS = [
     (Version("2.0"), (14, 18)),
     (Version("0"), (14, 17)),
 ]
+#: First torch with a CPU float16 matmul (torch's release notes; measured: 2.0.1 has none, 2.4.1
+#: has it). torchvision's CPU kernel uses it, and the legacy exporter runs the model to trace it.
+CPU_FLOAT16_MATMUL = Version("2.1")
 #: First ONNX Runtime that runs the ONNX DeformConv operator (CPU: float and double).
 ONNXRUNTIME_DEFORMCONV = Version("1.25")
 
@@ -71,6 +74,8 @@ class TorchCapabilities:
             (the same releases raised the dynamo exporter's default opset from 18 to 20).
         legacy_default_opset: the opset the legacy exporter writes when not told.
         legacy_max_opset: the highest ``opset_version`` the legacy exporter accepts.
+        cpu_float16_matmul: float16 matrix products run on the CPU, as torchvision's float16
+            deform_conv2d kernel needs (and so does tracing a float16 model for the legacy exporter).
     """
 
     version: Version
@@ -79,6 +84,7 @@ class TorchCapabilities:
     dynamo_by_default: bool
     legacy_default_opset: int
     legacy_max_opset: int
+    cpu_float16_matmul: bool
 
     @property
     def dynamo_default_opset(self) -> int:
@@ -125,6 +131,7 @@ def capabilities(torch_version: str) -> TorchCapabilities:
         dynamo_by_default=release >= DYNAMO_BY_DEFAULT,
         legacy_default_opset=default_opset,
         legacy_max_opset=max_opset,
+        cpu_float16_matmul=release >= CPU_FLOAT16_MATMUL,
     )
 
 

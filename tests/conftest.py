@@ -69,19 +69,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("sweep_case", cases, ids=[str(c) for c in cases])
 
 
-def _item_paths(item: pytest.Item) -> tuple[str, Optional[str], Optional[int]]:
+def _item_paths(item: pytest.Item) -> tuple[str, Optional[str], Optional[int], Optional[torch.dtype]]:
     params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
     exporter = params.get("exporter") or ("dynamo" if item.get_closest_marker("dynamo") else "legacy")
-    return exporter, params.get("lowering"), params.get("opset")
+    return exporter, params.get("lowering"), params.get("opset"), params.get("dtype")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
-        exporter, lowering, opset = _item_paths(item)
+        exporter, lowering, opset, dtype = _item_paths(item)
         if item.get_closest_marker("refusal"):
             lowering, opset = None, None
-        reason = missing_path(exporter, lowering, opset,
+        reason = missing_path(exporter, lowering, opset, dtype=dtype,
                               on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
         if reason is None:
             keep.append(item)

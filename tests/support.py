@@ -19,7 +19,7 @@ import torchvision
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter import versions
-from deform_conv2d_onnx_exporter.decomposition import NATIVE_MIN_OPSET
+from deform_conv2d_onnx_exporter.decomposition import GRID_SAMPLE_MIN_OPSET, NATIVE_MIN_OPSET
 
 Pair = tuple[int, int]
 
@@ -39,11 +39,36 @@ LOWERINGS = ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native
 EXPORTERS = ["legacy", "dynamo"]
 
 TORCH = versions.installed()
+#: ONNX Runtime runs GridSample on float64 from this opset (the auto lowering avoids it below).
+FLOAT64_GRID_SAMPLE_OPSET = 20
 ORT_HAS_DEFORMCONV = versions.onnxruntime_has_deformconv(onnxruntime.__version__)
 
 
+def _matmul_broadcasts_over_an_empty_batch() -> bool:
+    """ONNX Runtime's MatMul broadcasts (G, M, K) over (0, G, K, N) (1.26 does not, 1.32 does)."""
+    from onnx import TensorProto, helper
+
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "y")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul", values[:2],
+                              values[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # the failure is the answer, not something to log
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    feeds = {"a": np.ones((2, 3, 4), np.float32), "b": np.ones((0, 2, 4, 5), np.float32)}
+    try:
+        return session.run(None, feeds)[0].shape == (0, 2, 3, 5)
+    except Exception:  # noqa: BLE001 - onnxruntime raises its own Fail type
+        return False
+
+
+#: Probed on the installed ONNX Runtime, not looked up by version.
+ORT_EMPTY_BATCH_MATMUL = _matmul_broadcasts_over_an_empty_batch()
+
+
 def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[int] = None,
-                 on_onnxruntime: bool = True) -> Optional[str]:
+                 on_onnxruntime: bool = True, dtype: Optional[torch.dtype] = None) -> Optional[str]:
     """Why the installed torch and ONNX Runtime cannot run a test of these paths, None if they can.
 
     Decided by the package's own version detection (``deform_conv2d_onnx_exporter.versions``).
@@ -53,6 +78,11 @@ def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[
                 f"(needs >= {versions.DYNAMO_TRANSLATION_TABLE})")
     if exporter == "legacy" and opset is not None and opset > TORCH.legacy_max_opset:
         return f"legacy opset {opset}: torch {TORCH.version} writes opsets up to {TORCH.legacy_max_opset}"
+    if (lowering == "grid_sample" and dtype == torch.float64 and on_onnxruntime and exporter == "legacy"
+            and TORCH.legacy_max_opset < FLOAT64_GRID_SAMPLE_OPSET):
+        return (f"float64 grid_sample on onnxruntime: it has float64 GridSample from opset "
+                f"{FLOAT64_GRID_SAMPLE_OPSET}, torch {TORCH.version} writes opsets up to "
+                f"{TORCH.legacy_max_opset}")
     if lowering == "native":
         if exporter == "legacy" and TORCH.legacy_max_opset < NATIVE_MIN_OPSET:
             return (f"native on legacy: torch {TORCH.version} writes opsets up to "
@@ -157,8 +187,10 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
     """Export with our package's `export` and return the model bytes (checked by onnx)."""
     names = names or [f"input{i}" for i in range(len(inputs))]
     kwargs: dict[str, Any] = {"input_names": names}
-    if lowering == "native" and opset is None and exporter == "legacy":
-        opset = NATIVE_MIN_OPSET  # the legacy exporter's default opset may be lower
+    needed = {"grid_sample": GRID_SAMPLE_MIN_OPSET, "native": NATIVE_MIN_OPSET}.get(lowering, 0)
+    default = TORCH.legacy_default_opset if exporter == "legacy" else TORCH.dynamo_default_opset
+    if opset is None and needed > default:
+        opset = needed  # the exporter's default opset is lower
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamic:

@@ -71,6 +71,7 @@ def test_version_detection(version: str, default: str, keyword: bool, translatio
     assert caps.dynamo_default_opset == (20 if default == "dynamo" else 18)
     assert (caps.legacy_default_opset, caps.legacy_max_opset) == legacy_opsets
     assert caps.supported is (version != "1.13.1")
+    assert caps.cpu_float16_matmul is (version not in ("1.13.1", "2.0.1+cpu"))
     if translation:
         assert caps.choose_exporter(True) == "dynamo"
     else:
@@ -106,13 +107,20 @@ def test_installed_torch_is_detected() -> None:
     assert highest.opset_import[0].version == caps.legacy_max_opset
     with pytest.raises(Exception, match=str(caps.legacy_max_opset + 1)):
         _legacy_export(_Double(), x, opset_version=caps.legacy_max_opset + 1)
+    half = torch.ones(2, 2, dtype=torch.float16)
+    if caps.cpu_float16_matmul:
+        assert torch.mm(half, half).tolist() == [[2, 2], [2, 2]]
+    else:
+        with pytest.raises(RuntimeError, match="Half"):
+            torch.mm(half, half)
 
 
 @pytest.mark.dynamo
 def test_installed_torch_dynamo_default_opset() -> None:
     caps = versions.installed()
     program = torch.onnx.export(_Double(), (torch.randn(2, 3),), dynamo=True, verbose=False)
-    assert program.model_proto.opset_import[0].version == caps.dynamo_default_opset
+    opsets = {o.domain: o.version for o in program.model_proto.opset_import}
+    assert opsets[""] == caps.dynamo_default_opset
 
 
 def test_installed_onnxruntime_is_detected() -> None:
@@ -339,9 +347,9 @@ def test_works_without_onnxscript_on_the_legacy_path() -> None:
 
     result = subprocess.run([sys.executable, "-c", _WITHOUT_ONNXSCRIPT], capture_output=True,
                             text=True, check=True)
-    lines = result.stdout.splitlines()
+    lines = result.stdout.splitlines()[-2:]  # torch 2.0 prints a banner of its own before them
     assert lines[0] == "legacy ok"
-    assert lines[1].startswith("onnxscript: the dynamo exporter path needs the packages onnxscript")
+    assert lines[1].startswith("onnxscript: the dynamo exporter path needs the package onnxscript")
 
 
 class _Call(torch.nn.Module):
@@ -384,6 +392,7 @@ def test_bad_calls_fail_on_the_legacy_path(name: str, tmp_path) -> None:
     """The legacy exporter runs torchvision's kernel while tracing, which refuses these first."""
     weight, args, _ = _BAD_CALLS[name]
     path = tmp_path / "model.onnx"
-    with pytest.raises(RuntimeError, match=r"deform|shape\[1\]|not implemented for 'Long'"):
+    # torchvision < 0.16 words its checks "Expected input_c.size(1) % n_offset_grps == 0 ..."
+    with pytest.raises(RuntimeError, match=r"deform|shape\[1\]|not implemented for 'Long'|size\(1\)"):
         dce.export(_Call(weight), args, str(path), dynamo=False)
     assert not path.exists()
