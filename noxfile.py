@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import nox
 
@@ -38,25 +40,33 @@ class Stack:
     onnx: str
     onnxruntime: str
     onnxscript: str
+    #: onnxscript >= 0.3 uses the package onnx-ir (pinned there). onnxscript 0.5.4 with the onnx-ir
+    #: 1.1 its requirements allow fails the dynamo export of any model on torch 2.9.1.
+    onnx_ir: Optional[str] = None
 
     def pins(self) -> list[str]:
-        return [f"torch=={self.torch}", f"torchvision=={self.torchvision}", f"numpy=={self.numpy}",
+        pins = [f"torch=={self.torch}", f"torchvision=={self.torchvision}", f"numpy=={self.numpy}",
                 f"onnx=={self.onnx}", f"onnxruntime=={self.onnxruntime}",
                 f"onnxscript=={self.onnxscript}"]
+        return pins + ([f"onnx-ir=={self.onnx_ir}"] if self.onnx_ir else [])
 
 
 #: The one place the tested versions are written down, oldest torch first. Each pair has Python
-#: 3.11 wheels; the ONNX packages are the oldest that install beside that torch (numpy 1 before
-#: torch 2.6), so that pyproject's lower bounds are tested too, and onnxruntime >= 1.25 (which
-#: runs native DeformConv) from torch 2.6 on. The last pair is the ``tests`` session's; the
+#: 3.11 wheels. The ONNX packages on the oldest torch are pyproject's lower bounds (onnxscript
+#: 0.1.0 cannot convert the dynamo exporter's opset on torch 2.6, and onnx's reference evaluator
+#: needs fixes before 1.23: see tests/test_edge_cases.py); numpy 1 before torch 2.6; from torch
+#: 2.6 on, an onnxruntime that runs native DeformConv without crashing on NaN offsets (>= 1.26).
+#: The last pair is the ``tests`` session's; the
 #: others are ``matrix-<torch>``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
 #: Python 3.11 wheel.
 STACKS = [
-    Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.15.1", onnxscript="0.1.0"),
-    Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.18.0", onnxruntime="1.20.1", onnxscript="0.1.0"),
-    Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.1.0"),
-    Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.28.0", onnxscript="0.5.4"),
-    Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2"),
+    Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.15.1", onnxscript="0.2.7"),
+    Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.18.0", onnxruntime="1.20.1", onnxscript="0.2.7"),
+    Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.2.7"),
+    Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.28.0", onnxscript="0.7.2",
+          onnx_ir="1.1.0"),
+    Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
+          onnx_ir="1.1.0"),
 ]
 NEWEST = STACKS[-1]
 OLDER = {stack.torch: stack for stack in STACKS[:-1]}
@@ -122,6 +132,13 @@ def matrix(session: nox.Session, torch: str) -> None:
     stack = OLDER[torch]
     _install(session, stack, "test")
     _pytest(session, stack, started, *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def support_table(session: nox.Session) -> None:
+    """Check README's support table against tools/matrix-results (``-- --write`` rewrites it)."""
+    write = "--write" in session.posargs
+    session.run(sys.executable, "tools/support_table.py", *([] if write else ["--check"]))
 
 
 @nox.session(python="3.11")

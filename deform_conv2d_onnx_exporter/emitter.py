@@ -12,7 +12,7 @@ from typing import Generic, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
-#: A graph value of the adapter's own type (``torch._C.Value``, ``onnx_ir.Value``, ...).
+#: A graph value of the adapter's own type (``torch._C.Value``, ``onnxscript.ir.Value``, ...).
 V = TypeVar("V")
 
 #: Attribute values the core uses: ints (including ONNX dtype codes), floats, strings, int lists.

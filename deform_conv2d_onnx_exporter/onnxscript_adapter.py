@@ -46,7 +46,8 @@ class OnnxScriptEmitter(Emitter[Any]):
         return getattr(self._ops, op_type)(*inputs, **attributes)
 
     def constant(self, array: np.ndarray) -> Any:
-        return self._ops.Constant(value=self._ir.tensor(np.ascontiguousarray(array)))
+        # np.ascontiguousarray would turn a scalar into shape (1,); Range needs true scalars
+        return self._ops.Constant(value=self._ir.tensor(np.array(array, order="C")))
 
     def static_shape(self, value: Any) -> Optional[Sequence[Optional[int]]]:
         if value.shape is None:

@@ -14,6 +14,7 @@ import torch
 from onnx import TensorProto
 
 from . import _torch_compat, versions
+from ._torch_compat import Value
 from .decomposition import NATIVE_MIN_OPSET, LoweringOptions, torchvision_deform_conv2d
 from .emitter import Attribute, Emitter
 from .params import DeformConvExportError
@@ -43,30 +44,25 @@ class DeformConvWarning(UserWarning):
     """A call that works but probably does not do what the user meant."""
 
 
-class TorchScriptEmitter(Emitter["torch._C.Value"]):
+class TorchScriptEmitter(Emitter[Value]):
     """Emits into the legacy exporter's graph through its ``GraphContext``."""
 
     def __init__(self, g: Any) -> None:
         self.g = g
         self.opset = _torch_compat.graph_opset(g)
 
-    def op(self, op_type: str, *inputs: torch._C.Value, **attributes: Attribute) -> torch._C.Value:
+    def op(self, op_type: str, *inputs: Value, **attributes: Attribute) -> Value:
         return self.g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()})
 
-    def constant(self, array: np.ndarray) -> torch._C.Value:
-        return self.g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(array)))
+    def constant(self, array: np.ndarray) -> Value:
+        # np.ascontiguousarray would turn a scalar into shape (1,); Range needs true scalars
+        return self.g.op("Constant", value_t=torch.from_numpy(np.array(array, order="C")))
 
-    def static_shape(self, value: torch._C.Value) -> Optional[Sequence[Optional[int]]]:
-        value_type = value.type()
-        if not isinstance(value_type, torch._C.TensorType):
-            return None
-        return value_type.varyingSizes()
+    def static_shape(self, value: Value) -> Optional[Sequence[Optional[int]]]:
+        return _torch_compat.static_sizes(value)
 
-    def elem_type(self, value: torch._C.Value) -> Optional[int]:
-        value_type = value.type()
-        if not isinstance(value_type, torch._C.TensorType):
-            return None
-        scalar_type = value_type.scalarType()
+    def elem_type(self, value: Value) -> Optional[int]:
+        scalar_type = _torch_compat.scalar_type_name(value)
         return None if scalar_type is None else _SCALAR_TYPES.get(scalar_type)
 
 
@@ -79,17 +75,17 @@ def _suffixed(name: str, value: Attribute) -> str:
     return f"{name}_i"
 
 
-def make_symbolic(options: LoweringOptions) -> Callable[..., torch._C.Value]:
+def make_symbolic(options: LoweringOptions) -> Callable[..., Value]:
     """The symbolic function for ``torchvision::deform_conv2d`` with fixed lowering options."""
 
     @_torch_compat.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
     def symbolic(
         g: Any,
-        input: torch._C.Value,
-        weight: torch._C.Value,
-        offset: torch._C.Value,
-        mask: torch._C.Value,
-        bias: torch._C.Value,
+        input: Value,
+        weight: Value,
+        offset: Value,
+        mask: Value,
+        bias: Value,
         stride_h: int,
         stride_w: int,
         pad_h: int,
@@ -99,7 +95,7 @@ def make_symbolic(options: LoweringOptions) -> Callable[..., torch._C.Value]:
         groups: int,
         offset_groups: int,
         use_mask: bool,
-    ) -> torch._C.Value:
+    ) -> Value:
         e = TorchScriptEmitter(g)
         if e.opset < MIN_OPSET:
             raise DeformConvExportError(

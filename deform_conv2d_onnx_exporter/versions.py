@@ -41,6 +41,13 @@ DYNAMO_KEYWORD = Version("2.4")
 DYNAMO_TRANSLATION_TABLE = Version("2.6")
 #: First torch whose ``torch.onnx.export`` defaults to ``dynamo=True``.
 DYNAMO_BY_DEFAULT = Version("2.9")
+#: First torch whose dynamo exporter keeps a dimension dynamic all through the model when its
+#: example size is 1 (measured: 2.6.0 fixes it to 1 at the input; 2.9.1 keeps the input dynamic
+#: but can fix it inside the model, after F.interpolate; 2.14.1 keeps it; 2.10 - 2.13 not measured).
+DYNAMO_SIZE_ONE_DYNAMIC = Version("2.14")
+#: First torch whose dynamo exporter keeps sizes symbolic through shape arithmetic such as
+#: F.interpolate (measured: 2.6.0 fixes them to the example's, 2.9.1 keeps them).
+DYNAMO_SYMBOLIC_SIZES = Version("2.9")
 #: The legacy exporter's (default opset, highest opset), from the first release that has them.
 _LEGACY_OPSETS = [
     (Version("2.9"), (20, 23)),
@@ -74,6 +81,10 @@ class TorchCapabilities:
             (the same releases raised the dynamo exporter's default opset from 18 to 20).
         legacy_default_opset: the opset the legacy exporter writes when not told.
         legacy_max_opset: the highest ``opset_version`` the legacy exporter accepts.
+        dynamo_keeps_size_one_dynamic: the dynamo exporter keeps a dimension marked dynamic in
+            ``dynamic_shapes`` dynamic when its example size is 1 (older releases may fix it to 1).
+        dynamo_symbolic_sizes: the dynamo exporter keeps sizes symbolic through shape arithmetic
+            such as ``F.interpolate`` (older releases fix them to the example's).
         cpu_float16_matmul: float16 matrix products run on the CPU, as torchvision's float16
             deform_conv2d kernel needs (and so does tracing a float16 model for the legacy exporter).
     """
@@ -85,6 +96,8 @@ class TorchCapabilities:
     legacy_default_opset: int
     legacy_max_opset: int
     cpu_float16_matmul: bool
+    dynamo_keeps_size_one_dynamic: bool
+    dynamo_symbolic_sizes: bool
 
     @property
     def dynamo_default_opset(self) -> int:
@@ -132,6 +145,8 @@ def capabilities(torch_version: str) -> TorchCapabilities:
         legacy_default_opset=default_opset,
         legacy_max_opset=max_opset,
         cpu_float16_matmul=release >= CPU_FLOAT16_MATMUL,
+        dynamo_keeps_size_one_dynamic=release >= DYNAMO_SIZE_ONE_DYNAMIC,
+        dynamo_symbolic_sizes=release >= DYNAMO_SYMBOLIC_SIZES,
     )
 
 

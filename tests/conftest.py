@@ -25,7 +25,7 @@ from _pytest.terminal import TerminalReporter
 from hypothesis import HealthCheck, settings
 from support import ORT_HAS_DEFORMCONV, TORCH, missing_path
 
-from deform_conv2d_onnx_exporter import decomposition, onnxscript_adapter, torchscript_adapter
+from deform_conv2d_onnx_exporter import decomposition, onnxscript_adapter, torchscript_adapter, versions
 
 # "ci": a fixed budget, the same examples on every run; "fuzz": many random examples.
 _SLOW_EXPORTS = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -53,6 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "refusal: the test expects an error before any export, so its exporter, "
         "lowering and opset need no support")
+    config.addinivalue_line(
+        "markers", "symbolic_sizes: the test needs sizes kept symbolic through F.interpolate")
     config.addinivalue_line(
         "markers", "reference_evaluator: the test runs its models on ONNX's reference evaluator, "
         "not on ONNX Runtime")
@@ -83,6 +85,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             lowering, opset = None, None
         reason = missing_path(exporter, lowering, opset, dtype=dtype,
                               on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
+        if (reason is None and exporter == "dynamo" and item.get_closest_marker("symbolic_sizes")
+                and not TORCH.dynamo_symbolic_sizes):
+            reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
+                      f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})")
         if reason is None:
             keep.append(item)
         else:

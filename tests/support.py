@@ -195,6 +195,9 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
         kwargs["opset_version"] = opset
     if dynamic:
         kwargs.update(_dynamic_kwargs(module, inputs, exporter, names))
+        if exporter == "dynamo" and not TORCH.dynamo_keeps_size_one_dynamic:
+            # this torch would fix a dynamic dimension whose example size is 1 (README, "Limits")
+            inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
     if exporter == "dynamo":
         kwargs["verbose"] = False
     with tempfile.TemporaryDirectory() as folder:
@@ -212,19 +215,23 @@ def _dynamic_kwargs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], e
     if exporter == "legacy":
         axes = {name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names}
         return {"dynamic_axes": axes}
-    import inspect
-    params = list(inspect.signature(module.forward).parameters)
-    batch = torch.export.Dim("batch")
-    shapes: dict[str, Any] = {}
-    for param in params[: len(inputs)]:
-        shapes[param] = {0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-    return {"dynamic_shapes": shapes}
+    # By position: torch 2.6 reads a dict's keys as input_names, torch 2.9 as forward's parameters.
+    # A bound: torch 2.6 fails the guard "batch != 2**63 - 1" of some models without one.
+    batch = torch.export.Dim("batch", max=1024)
+    return {"dynamic_shapes": tuple({0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+                                    for _ in inputs)}
 
 
 def run(model: bytes, names: list[str], inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
-    """Run on ONNX Runtime's CPU provider."""
+    """Run on ONNX Runtime's CPU provider.
+
+    The inputs are fed by position: the dynamo exporter of torch < 2.9 ignores ``input_names``.
+    """
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+    graph_inputs = [i.name for i in session.get_inputs()]
+    if TORCH.dynamo_by_default:
+        assert graph_inputs == list(names[: len(graph_inputs)]), (graph_inputs, names)
+    (out,) = session.run(None, {n: t.numpy() for n, t in zip(graph_inputs, inputs)})
     return out
 
 

@@ -72,6 +72,8 @@ def test_version_detection(version: str, default: str, keyword: bool, translatio
     assert (caps.legacy_default_opset, caps.legacy_max_opset) == legacy_opsets
     assert caps.supported is (version != "1.13.1")
     assert caps.cpu_float16_matmul is (version not in ("1.13.1", "2.0.1+cpu"))
+    assert caps.dynamo_keeps_size_one_dynamic is version.startswith(("2.14", "2.15"))
+    assert caps.dynamo_symbolic_sizes is (default == "dynamo")
     if translation:
         assert caps.choose_exporter(True) == "dynamo"
     else:
@@ -116,11 +118,18 @@ def test_installed_torch_is_detected() -> None:
 
 
 @pytest.mark.dynamo
-def test_installed_torch_dynamo_default_opset() -> None:
+def test_installed_torch_dynamo_default_opset_and_size_one_dimensions() -> None:
     caps = versions.installed()
     program = torch.onnx.export(_Double(), (torch.randn(2, 3),), dynamo=True, verbose=False)
     opsets = {o.domain: o.version for o in program.model_proto.opset_import}
     assert opsets[""] == caps.dynamo_default_opset
+    program = torch.onnx.export(_Double(), (torch.randn(1, 3),), dynamo=True, verbose=False,
+                                dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    batch = program.model_proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if caps.dynamo_keeps_size_one_dynamic:
+        assert batch.dim_param == "batch", batch
+    if not caps.dynamo_symbolic_sizes:
+        assert batch.dim_value == 1, batch
 
 
 def test_installed_onnxruntime_is_detected() -> None:
