@@ -61,6 +61,7 @@ class Stack:
 #: Python 3.11 wheel.
 STACKS = [
     Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.15.1", onnxscript="0.2.7"),
+    Stack("2.2.2", "0.17.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.2.7"),
     Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.18.0", onnxruntime="1.20.1", onnxscript="0.2.7"),
     Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.2.7"),
     Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.28.0", onnxscript="0.7.2",
@@ -89,21 +90,29 @@ def _pytest(session: nox.Session, stack: Stack, started: float, *args: str) -> N
         return
     os.makedirs(RESULTS, exist_ok=True)
     results = os.path.join(RESULTS, f"{stack.torch}.json")
-    if os.path.exists(results):
-        os.remove(results)  # a stale file must not pass for this run's (or --install-only's)
-    session.run("python", "-m", "pytest", "-q", f"--results-json={results}", *args)
+    # pytest writes beside the previous results, which the suite reads (tests/test_support_table.py)
+    fresh = results + ".new"
+    if os.path.exists(fresh):
+        os.remove(fresh)
+    try:
+        session.run("python", "-m", "pytest", "-q", f"--results-json={fresh}", *args)
+    finally:
+        if os.path.exists(fresh):
+            _add_session_facts(session, fresh, started)
+            os.replace(fresh, results)
+
+
+def _add_session_facts(session: nox.Session, path: str, started: float) -> None:
     location = session.virtualenv.location
-    if not os.path.exists(results) or not isinstance(location, str):
-        return
-    size = subprocess.run(["du", "-sb", location], capture_output=True, text=True, check=True)
-    with open(results) as file:
+    size = subprocess.run(["du", "-sb", str(location)], capture_output=True, text=True, check=True)
+    with open(path) as file:
         data = json.load(file)
     data["session"] = {
         "name": session.name,
         "wall_seconds": round(time.monotonic() - started),
         "env_bytes": int(size.stdout.split()[0]),
     }
-    with open(results, "w") as file:
+    with open(path, "w") as file:
         json.dump(data, file, indent=1, sort_keys=True)
         file.write("\n")
     session.log(f"wall time {data['session']['wall_seconds']} s, environment "

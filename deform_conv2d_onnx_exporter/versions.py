@@ -2,7 +2,7 @@
 
 Every number below was measured on Python 3.11 wheels; the releases in brackets are the ones the
 test matrix runs (``nox -s tests matrix``, README "Supported versions"), the others were checked
-once by hand (2.2.2, 2.8.0) or lie between two measured releases.
+once by hand (1.13.1, 2.8.0) or lie between two measured releases.
 
 ==============  ======================  ===============  ==================  ===================
 torch           legacy default / max    ``dynamo=``      custom_translation  ``export`` default
@@ -10,7 +10,7 @@ torch           legacy default / max    ``dynamo=``      custom_translation  ``e
 ==============  ======================  ===============  ==================  ===================
 1.13            14 / 17                 no               no                  legacy (unsupported)
 2.0 – 2.1       14 / 18  [2.0.1]        no               no                  legacy
-2.2 – 2.3       17 / 19                 no               no                  legacy
+2.2 – 2.3       17 / 19  [2.2.2]        no               no                  legacy
 2.4 – 2.5       17 / 20  [2.4.1]        yes              no                  legacy
 2.6 – 2.7       17 / 20  [2.6.0]        yes              yes                 legacy
 2.8             18 / 20                 yes              yes                 legacy

@@ -1,31 +1,13 @@
-"""Shared pytest options, and the selection of tests by what the installed torch can do.
+"""Shared pytest options and markers; with torch installed, the selection of tests by what it can do.
 
-A test's *paths* are the ways it exports and runs deform_conv2d: ``legacy`` or ``dynamo`` (its
-``exporter`` parameter, else ``dynamo`` when marked so, else ``legacy``) and ``native`` (its
-``lowering`` parameter is ``"native"``). Tests whose paths the installed torch or ONNX Runtime
-lack are deselected here, by the package's own version detection
-(:mod:`deform_conv2d_onnx_exporter.versions`); no test keeps a list of versions. The terminal
-summary then says which paths ran, counted from what the tests really emitted, and
-``--results-json`` writes the same to a file for README's support table.
+The selection and the per-path counts live in ``paths.py``, registered here as a plugin when torch
+is installed: the torch-free sessions (``ort_without_deformconv``, ``openvino``) share this file.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-from collections import Counter
-from importlib import metadata
-from typing import Any, Optional
-
-import onnxruntime
 import pytest
-import torch
-from _pytest.terminal import TerminalReporter
 from hypothesis import HealthCheck, settings
-from support import ORT_HAS_DEFORMCONV, TORCH, missing_path
-
-from deform_conv2d_onnx_exporter import decomposition, onnxscript_adapter, torchscript_adapter, versions
 
 # "ci": a fixed budget, the same examples on every run; "fuzz": many random examples.
 _SLOW_EXPORTS = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -34,8 +16,6 @@ settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None
 settings.register_profile("fuzz", max_examples=500, deadline=None,
                           suppress_health_check=_SLOW_EXPORTS, print_blob=True)
 settings.load_profile("ci")
-
-PATHS = ("legacy", "dynamo", "native")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,8 +38,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "reference_evaluator: the test runs its models on ONNX's reference evaluator, "
         "not on ONNX Runtime")
-    config.stash[_COUNTS] = Counter()
-    config.stash[_DESELECTED] = Counter()
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return  # a torch-free session: no export paths to select or count
+    import paths
+
+    config.pluginmanager.register(paths, "deform_conv2d_paths")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -69,111 +54,3 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         full = metafunc.config.getoption("--full-sweep")
         cases = full_cases() if full else curated_cases()
         metafunc.parametrize("sweep_case", cases, ids=[str(c) for c in cases])
-
-
-def _item_paths(item: pytest.Item) -> tuple[str, Optional[str], Optional[int], Optional[torch.dtype]]:
-    params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
-    exporter = params.get("exporter") or ("dynamo" if item.get_closest_marker("dynamo") else "legacy")
-    return exporter, params.get("lowering"), params.get("opset"), params.get("dtype")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep, drop = [], []
-    for item in items:
-        exporter, lowering, opset, dtype = _item_paths(item)
-        if item.get_closest_marker("refusal"):
-            lowering, opset = None, None
-        reason = missing_path(exporter, lowering, opset, dtype=dtype,
-                              on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
-        if (reason is None and exporter == "dynamo" and item.get_closest_marker("symbolic_sizes")
-                and not TORCH.dynamo_symbolic_sizes):
-            reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
-                      f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})")
-        if reason is None:
-            keep.append(item)
-        else:
-            drop.append(item)
-            config.stash[_DESELECTED][reason] += 1
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-
-
-# Which paths the running test really emitted: the adapters' emitters and the native lowering
-# report themselves here while a test runs.
-_COUNTS = pytest.StashKey[Counter]()
-_DESELECTED = pytest.StashKey[Counter]()
-_emitted: set[str] = set()
-
-
-@pytest.fixture(autouse=True)
-def _record_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    _emitted.clear()
-    for path, owner, name in [("legacy", torchscript_adapter.TorchScriptEmitter, "__init__"),
-                              ("dynamo", onnxscript_adapter.OnnxScriptEmitter, "__init__"),
-                              ("native", decomposition, "_native")]:
-        monkeypatch.setattr(owner, name, _recording(path, getattr(owner, name)))
-
-
-def _recording(path: str, function: Any) -> Any:
-    def recorded(*args: Any, **kwargs: Any) -> Any:
-        _emitted.add(path)
-        return function(*args, **kwargs)
-
-    return recorded
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call":
-        counts = item.config.stash[_COUNTS]
-        for path in sorted(_emitted):
-            counts[f"{path} {report.outcome}"] += 1
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "-"
-    return found
-
-
-def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
-                            config: pytest.Config) -> None:
-    counts: Counter = config.stash[_COUNTS]
-    deselected: Counter = config.stash[_DESELECTED]
-    stats = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "skipped")}
-    ran = " ".join(f"{path}={counts[f'{path} passed']}" for path in PATHS)
-    failed = " ".join(f"{path}={counts[f'{path} failed']}" for path in PATHS if counts[f"{path} failed"])
-    line = f"paths run (tests passed per path): {ran}" + (f"; failed: {failed}" if failed else "")
-    terminalreporter.write_sep("-", f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-    terminalreporter.write_line(line)
-    for reason, number in sorted(deselected.items()):
-        terminalreporter.write_line(f"deselected {number}: {reason}")
-    path = config.getoption("--results-json")
-    if path:
-        results = {
-            "python": platform.python_version(),
-            "versions": _versions(),
-            "capabilities": {
-                "exporters": TORCH.exporters(),
-                "legacy_default_opset": TORCH.legacy_default_opset,
-                "legacy_max_opset": TORCH.legacy_max_opset,
-                "dynamo_default_opset": TORCH.dynamo_default_opset if TORCH.has_dynamo_translation else None,
-                "export_default": TORCH.default_exporter(),
-                "onnxruntime_deformconv": ORT_HAS_DEFORMCONV,
-            },
-            "tests": {**stats, "deselected": sum(deselected.values()), "exit_status": int(exitstatus)},
-            "paths_passed": {p: counts[f"{p} passed"] for p in PATHS},
-            "paths_failed": {p: counts[f"{p} failed"] for p in PATHS},
-            "deselected": dict(sorted(deselected.items())),
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as file:
-            json.dump(results, file, indent=1, sort_keys=True)
-            file.write("\n")

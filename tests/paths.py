@@ -1,0 +1,140 @@
+"""Pytest plugin (registered by conftest.py when torch is installed): tests by export path.
+
+A test's *paths* are the ways it exports and runs deform_conv2d: ``legacy`` or ``dynamo`` (its
+``exporter`` parameter, else ``dynamo`` when marked so, else ``legacy``) and ``native`` (its
+``lowering`` parameter is ``"native"``). Tests whose paths the installed torch or ONNX Runtime
+lack are deselected here, by the package's own version detection
+(:mod:`deform_conv2d_onnx_exporter.versions`, through ``support.missing_path``); no test keeps a
+list of versions. The terminal summary then says which paths ran, counted from what the tests
+really emitted, and ``--results-json`` writes the same to a file for README's support table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections import Counter
+from importlib import metadata
+from typing import Any, Optional
+
+import onnxruntime
+import pytest
+import torch
+from _pytest.terminal import TerminalReporter
+from support import ORT_HAS_DEFORMCONV, TORCH, missing_path
+
+from deform_conv2d_onnx_exporter import decomposition, onnxscript_adapter, torchscript_adapter, versions
+
+PATHS = ("legacy", "dynamo", "native")
+# Which paths the running test really emitted: the adapters' emitters and the native lowering
+# report themselves here while a test runs.
+_COUNTS = pytest.StashKey[Counter]()
+_DESELECTED = pytest.StashKey[Counter]()
+_emitted: set[str] = set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_COUNTS] = Counter()
+    config.stash[_DESELECTED] = Counter()
+
+
+def _item_paths(item: pytest.Item) -> tuple[str, Optional[str], Optional[int], Optional[torch.dtype]]:
+    params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
+    exporter = params.get("exporter") or ("dynamo" if item.get_closest_marker("dynamo") else "legacy")
+    return exporter, params.get("lowering"), params.get("opset"), params.get("dtype")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        exporter, lowering, opset, dtype = _item_paths(item)
+        if item.get_closest_marker("refusal"):
+            lowering, opset = None, None
+        reason = missing_path(exporter, lowering, opset, dtype=dtype,
+                              on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
+        if (reason is None and exporter == "dynamo" and item.get_closest_marker("symbolic_sizes")
+                and not TORCH.dynamo_symbolic_sizes):
+            reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
+                      f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})")
+        if reason is None:
+            keep.append(item)
+        else:
+            drop.append(item)
+            config.stash[_DESELECTED][reason] += 1
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _record_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    _emitted.clear()
+    for path, owner, name in [("legacy", torchscript_adapter.TorchScriptEmitter, "__init__"),
+                              ("dynamo", onnxscript_adapter.OnnxScriptEmitter, "__init__"),
+                              ("native", decomposition, "_native")]:
+        monkeypatch.setattr(owner, name, _recording(path, getattr(owner, name)))
+
+
+def _recording(path: str, function: Any) -> Any:
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        _emitted.add(path)
+        return function(*args, **kwargs)
+
+    return recorded
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        counts = item.config.stash[_COUNTS]
+        for path in sorted(_emitted):
+            counts[f"{path} {report.outcome}"] += 1
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "numpy"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    counts: Counter = config.stash[_COUNTS]
+    deselected: Counter = config.stash[_DESELECTED]
+    stats = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "skipped")}
+    ran = " ".join(f"{path}={counts[f'{path} passed']}" for path in PATHS)
+    failed = " ".join(f"{path}={counts[f'{path} failed']}" for path in PATHS if counts[f"{path} failed"])
+    line = f"paths run (tests passed per path): {ran}" + (f"; failed: {failed}" if failed else "")
+    terminalreporter.write_sep("-", f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    terminalreporter.write_line(line)
+    for reason, number in sorted(deselected.items()):
+        terminalreporter.write_line(f"deselected {number}: {reason}")
+    path = config.getoption("--results-json")
+    if path:
+        results = {
+            "python": platform.python_version(),
+            "versions": _versions(),
+            "capabilities": {
+                "exporters": TORCH.exporters(),
+                "legacy_default_opset": TORCH.legacy_default_opset,
+                "legacy_max_opset": TORCH.legacy_max_opset,
+                "dynamo_default_opset": TORCH.dynamo_default_opset if TORCH.has_dynamo_translation else None,
+                "export_default": TORCH.default_exporter(),
+                "onnxruntime_deformconv": ORT_HAS_DEFORMCONV,
+            },
+            "tests": {**stats, "deselected": sum(deselected.values()), "exit_status": int(exitstatus)},
+            "paths_passed": {p: counts[f"{p} passed"] for p in PATHS},
+            "paths_failed": {p: counts[f"{p} failed"] for p in PATHS},
+            "deselected": dict(sorted(deselected.items())),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as file:
+            json.dump(results, file, indent=1, sort_keys=True)
+            file.write("\n")
