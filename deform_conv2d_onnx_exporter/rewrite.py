@@ -122,7 +122,7 @@ def decompose_model(
             f"DeformConv needs opset >= 19, got {target}"
         )
 
-    facts = _tensor_facts(model)
+    facts = tensor_facts(model)
     result = onnx.ModelProto()
     result.CopyFrom(model)
     if target != source:
@@ -157,7 +157,7 @@ def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
     return []
 
 
-def _tensor_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+def tensor_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
     """Element type and shape of every main-graph tensor ONNX shape inference can tell."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
