@@ -10,8 +10,10 @@ from onnx_models import NodeCase, build
 
 from deform_conv2d_onnx_exporter import DeformConvExportError, decompose_model
 
+SYMBOLIC = NodeCase(symbolic=True)
 
-def _with_neighbours(case: NodeCase = NodeCase(symbolic=True)) -> onnx.ModelProto:
+
+def _with_neighbours(case: NodeCase = SYMBOLIC) -> onnx.ModelProto:
     """build(case) with a Relu before and after DeformConv, value_info and metadata."""
     model = build(case)
     graph = model.graph
@@ -84,7 +86,8 @@ def test_opset_and_lowering_errors(opset: int, lowering: str, message: str) -> N
 
 def test_an_opset_the_converter_cannot_reach_is_refused() -> None:
     """onnx's version converter has no Relu adapter down to opset 12."""
-    with pytest.raises(DeformConvExportError, match="cannot convert the model's other nodes from opset 19 to 12"):
+    message = "cannot convert the model's other nodes from opset 19 to 12"
+    with pytest.raises(DeformConvExportError, match=message):
         decompose_model(_with_neighbours(), opset=12)
 
 
