@@ -46,7 +46,7 @@ def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
 
 
 #: The rewrite tests that import no torch.
-TORCH_FREE_TESTS = ("tests/test_runtimes.py", "tests/test_cli.py")
+TORCH_FREE_TESTS = ("tests/test_runtimes.py", "tests/test_rewrite.py", "tests/test_cli.py")
 
 
 @nox.session(python="3.11")
