@@ -1,4 +1,6 @@
-"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest) and ``sweep`` (the full sweep).
+"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest), ``sweep`` (the full sweep),
+``bench``, ``fuzz`` (500 property-based examples), and two runtimes that need environments of their
+own, without torch: ``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``.
 
 Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
@@ -34,6 +36,33 @@ def tests(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("mypy")
     session.run("python", "-m", "pytest", "-q", "--durations=15", *session.posargs)
+
+
+def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
+    # The ONNX-file path needs no torch: the package goes in without its dependencies, and the
+    # environment stays small (no torch, several GB) and quick to create.
+    session.install("onnx>=1.14", "numpy", "packaging>=21", "pytest>=7", *runtimes)
+    session.install("--no-deps", "-e", ".")
+
+
+#: The rewrite tests that import no torch, and pytest options for them: pyproject's warning
+#: filters name torch's warning classes, which these environments cannot import.
+TORCH_FREE_TESTS = ("tests/test_runtimes.py", "tests/test_rewrite.py", "tests/test_cli.py")
+TORCH_FREE_OPTIONS = ("-q", "-o", "filterwarnings=ignore::DeprecationWarning")
+
+
+@nox.session(python="3.11")
+def ort_without_deformconv(session: nox.Session) -> None:
+    """Rewritten models on onnxruntime 1.24.4, the last release without DeformConv."""
+    _install_without_torch(session, "onnxruntime==1.24.4")
+    session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, *TORCH_FREE_TESTS, *session.posargs)
+
+
+@nox.session(python="3.11")
+def openvino(session: nox.Session) -> None:
+    """Rewritten models on OpenVINO's CPU plugin (which has no DeformConv), in float32."""
+    _install_without_torch(session, "openvino==2026.4.0", "onnxruntime")
+    session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, "tests/test_runtimes.py", *session.posargs)
 
 
 @nox.session(python="3.11")
