@@ -40,8 +40,9 @@ def tests(session: nox.Session) -> None:
 
 def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
     # The ONNX-file path needs no torch: the package goes in without its dependencies, and the
-    # environment stays small (no torch, several GB) and quick to create.
-    session.install("onnx>=1.14", "numpy", "packaging>=21", "pytest>=7", *runtimes)
+    # environment stays small (no torch, several GB) and quick to create. hypothesis: conftest.py
+    # registers its profiles.
+    session.install("onnx>=1.14", "numpy", "packaging>=21", "pytest>=7", "hypothesis>=6", *runtimes)
     session.install("--no-deps", "-e", ".")
 
 
