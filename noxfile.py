@@ -1,5 +1,7 @@
 """Sessions: ``tests`` (the README's test command: ruff, mypy, pytest), ``matrix`` (the test suite on
-each older torch release), ``sweep`` (the full sweep), ``bench`` and ``fuzz``.
+each older torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
+property-based examples), and two runtimes that need environments of their own, without torch:
+``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``.
 
 Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
@@ -148,6 +150,34 @@ def support_table(session: nox.Session) -> None:
     """Check README's support table against tools/matrix-results (``-- --write`` rewrites it)."""
     write = "--write" in session.posargs
     session.run(sys.executable, "tools/support_table.py", *([] if write else ["--check"]))
+
+
+def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
+    # The ONNX-file path needs no torch: the package goes in without its dependencies, and the
+    # environment stays small (no torch, several GB) and quick to create. hypothesis: conftest.py
+    # registers its profiles.
+    session.install("onnx>=1.17", "numpy", "packaging>=21", "pytest>=7", "hypothesis>=6", *runtimes)
+    session.install("--no-deps", "-e", ".")
+
+
+#: The rewrite tests that import no torch, and pytest options for them: pyproject's warning
+#: filters name torch's warning classes, which these environments cannot import.
+TORCH_FREE_TESTS = ("tests/test_runtimes.py", "tests/test_rewrite.py", "tests/test_cli.py")
+TORCH_FREE_OPTIONS = ("-q", "-o", "filterwarnings=ignore::DeprecationWarning")
+
+
+@nox.session(python="3.11")
+def ort_without_deformconv(session: nox.Session) -> None:
+    """Rewritten models on onnxruntime 1.24.4, the last release without DeformConv."""
+    _install_without_torch(session, "onnxruntime==1.24.4")
+    session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, *TORCH_FREE_TESTS, *session.posargs)
+
+
+@nox.session(python="3.11")
+def openvino(session: nox.Session) -> None:
+    """Rewritten models on OpenVINO's CPU plugin (which has no DeformConv), in float32."""
+    _install_without_torch(session, "openvino==2026.4.0", "onnxruntime")
+    session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, "tests/test_runtimes.py", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -5,25 +5,53 @@ See README.md for usage. The public API:
 - :func:`register_deform_conv2d_onnx_op` / :func:`unregister_deform_conv2d_onnx_op`: the legacy
   exporter (``torch.onnx.export(..., dynamo=False)``);
 - :func:`create_deform_conv2d_custom_op`: the dynamo exporter's ``custom_translation_table``;
-- :func:`export`: either, chosen by the installed torch.
+- :func:`export`: either, chosen by the installed torch;
+- :func:`decompose_model`: rewrite the DeformConv nodes of an existing ONNX model (no torch needed).
+
+The torch entry points are imported on first use, so that rewriting ONNX files works without torch.
 """
 
-from .exporting import export
-from .onnxscript_adapter import create_deform_conv2d_custom_op
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .params import DeformConvExportError
-from .torchscript_adapter import (
-    DeformConvWarning,
-    register_deform_conv2d_onnx_op,
-    unregister_deform_conv2d_onnx_op,
-)
+from .rewrite import Decomposed, decompose_model
+
+if TYPE_CHECKING:
+    from .exporting import export
+    from .onnxscript_adapter import create_deform_conv2d_custom_op
+    from .torchscript_adapter import (
+        DeformConvWarning,
+        register_deform_conv2d_onnx_op,
+        unregister_deform_conv2d_onnx_op,
+    )
+
+#: The names that need torch, and the module each comes from.
+_NEEDS_TORCH = {
+    "export": ".exporting",
+    "create_deform_conv2d_custom_op": ".onnxscript_adapter",
+    "DeformConvWarning": ".torchscript_adapter",
+    "register_deform_conv2d_onnx_op": ".torchscript_adapter",
+    "unregister_deform_conv2d_onnx_op": ".torchscript_adapter",
+}
 
 __version__ = "2.0.0"
 
 __all__ = [
+    "Decomposed",
     "DeformConvExportError",
     "DeformConvWarning",
     "create_deform_conv2d_custom_op",
+    "decompose_model",
     "export",
     "register_deform_conv2d_onnx_op",
     "unregister_deform_conv2d_onnx_op",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,28 +1,228 @@
-"""Command line: ``python -m deform_conv2d_onnx_exporter demo``."""
+"""Command line: ``deform-conv2d-onnx`` or ``python -m deform_conv2d_onnx_exporter``.
+
+``decompose``, ``verify`` and ``info`` work on ONNX files without torch; ``demo`` needs torch.
+Errors a user can fix (a file that cannot be read, a model without DeformConv, an attribute we
+do not support) print one line on stderr and exit with status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
 
-#: The demo's pass mark for float32 (the test suite's tolerance).
+import onnx
+
+from .decomposition import LOWERINGS
+from .params import DeformConvExportError, show_shape
+from .verify import ShapeOverrides
+
+PROG = "deform-conv2d-onnx"
+#: The demo's and verify's pass mark for float32 (the test suite's tolerance).
 TOLERANCE = 1e-4
+#: From this many DeformConv nodes on, decompose prints a line per rewritten node.
+PROGRESS_FROM = 8
+
+
+class CommandError(Exception):
+    """An error to report as one line on stderr."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deform_conv2d_onnx_exporter")
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (CommandError, DeformConvExportError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Export or rewrite deformable convolutions as standard ONNX operators."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    decompose = commands.add_parser(
+        "decompose", help="rewrite every DeformConv node of an ONNX model into standard operators"
+    )
+    decompose.add_argument("input", help="the model to read (.onnx)")
+    decompose.add_argument("output", help="where to write the rewritten model")
+    _add_lowering_arguments(decompose)
+    decompose.set_defaults(run=_decompose)
+
+    verify = commands.add_parser(
+        "verify",
+        help="run a model on ONNX Runtime and ONNX's reference evaluator with random inputs and "
+        "print the max error against a model with native DeformConv",
+    )
+    verify.add_argument("model", help="a decomposed model, or a model with DeformConv (decomposed in memory)")
+    verify.add_argument("--reference", metavar="ORIGINAL.onnx",
+                        help="the model with native DeformConv to compare with; default: MODEL itself")
+    verify.add_argument("--shape", action="append", default=[], metavar="DIM=N|INPUT=AxBx...",
+                        help="size of a symbolic dimension, or the shape of one input (repeatable)")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    verify.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"largest accepted absolute error (default {TOLERANCE:g})")
+    _add_lowering_arguments(verify)
+    verify.set_defaults(run=_verify)
+
+    info = commands.add_parser("info", help="list the DeformConv nodes of a model and their parameters")
+    info.add_argument("model", help="the model to read (.onnx)")
+    info.set_defaults(run=_info)
+
     demo = commands.add_parser(
         "demo",
         help="export a small DCNv2 backbone both ways, run it on ONNX Runtime and print the "
-        "max error against torchvision",
+        "max error against torchvision (needs torch)",
     )
     demo.add_argument("--exporter", choices=["legacy", "dynamo"], action="append",
                       help="only this exporter (repeatable); default: every one torch has")
-    args = parser.parse_args(argv)
+    demo.set_defaults(run=_demo)
+    return parser
 
+
+def _add_lowering_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--opset", type=int,
+                        help="opset of the rewritten model, 12 or higher; default: the model's own")
+    parser.add_argument("--lowering", choices=LOWERINGS, default="auto",
+                        help="how DeformConv is written (README, 'Lowerings'); default: auto")
+
+
+def _load(path: str) -> onnx.ModelProto:
+    """The model at ``path``, with its external data, or a CommandError saying why not."""
+    if not os.path.isfile(path):
+        raise CommandError(f"cannot read {path}: no such file")
+    try:
+        model = onnx.load(path)
+    except Exception as error:  # protobuf's DecodeError, missing external data, ...
+        raise CommandError(f"cannot read {path} as an ONNX model: {error}") from error
+    if not model.HasField("graph") or not model.opset_import:
+        raise CommandError(f"cannot read {path} as an ONNX model: it has no graph or no opset")
+    return model
+
+
+def _decompose(args: argparse.Namespace) -> int:
+    from .rewrite import decompose_model
+
+    model = _load(args.input)
+    count = sum(1 for _ in _main_graph_nodes(model))
+
+    def progress(done: int, total: int, name: str) -> None:
+        if total >= PROGRESS_FROM:
+            print(f"[{done}/{total}] rewrote DeformConv {name!r}", file=sys.stderr, flush=True)
+
+    result = decompose_model(model, args.opset, args.lowering, progress=progress)
+    for found in result.left_in_subgraphs:
+        print(f"{PROG}: warning: {found.describe()} left as it is (subgraphs are not rewritten)",
+              file=sys.stderr)
+    # protobuf cannot serialise 2 GB or more in one message: weights then go to a side file.
+    large = result.model.ByteSize() > 1_800_000_000
+    try:
+        onnx.save(result.model, args.output, save_as_external_data=large)
+    except OSError as error:
+        raise CommandError(f"cannot write {args.output}: {error.strerror or error}") from error
+    opset = next(e.version for e in result.model.opset_import if e.domain in ("", "ai.onnx"))
+    print(f"wrote {args.output}: {len(result.rewritten)} of {count} DeformConv nodes rewritten "
+          f"(lowering {args.lowering}, opset {opset}); {len(model.graph.node)} nodes before, "
+          f"{len(result.model.graph.node)} after")
+    return 0
+
+
+def _main_graph_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    from .rewrite import find_deform_convs
+
+    return [f.node for f in find_deform_convs(model.graph) if not f.location]
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from . import verify
+    from .rewrite import decompose_model
+
+    model = _load(args.model)
+    reference = _load(args.reference) if args.reference else model
+    if not _main_graph_nodes(reference):
+        raise CommandError(
+            f"{args.reference or args.model} has no DeformConv node to serve as the reference; "
+            f"pass the original model with --reference ORIGINAL.onnx"
+        )
+    candidate = model
+    if _main_graph_nodes(model):
+        candidate = decompose_model(model, args.opset, args.lowering).model
+        print(f"candidate: {args.model} decomposed in memory (lowering {args.lowering})")
+    else:
+        print(f"candidate: {args.model}")
+    feeds = verify.random_inputs(candidate, _parse_shapes(args.shape), args.seed)
+    for name, array in feeds.items():
+        print(f"input {name}: {array.dtype} {show_shape(array.shape)}")
+    runtime, expected = verify.reference_outputs(reference, feeds)
+    print(f"reference: {args.reference or args.model} with native DeformConv on {runtime}")
+    rows = verify.compare(candidate, feeds, expected,
+                          [verify.onnxruntime_runtime(), verify.reference_evaluator_runtime()])
+    print(f"{'runtime':<24} {'output':<16} {'max |candidate - reference|':>28}")
+    worst = 0.0
+    for row in rows:
+        shown = f"{row.error:.3g}" if row.error is not None else row.note
+        print(f"{row.runtime:<24} {row.output:<16} {shown:>28}")
+        worst = max(worst, row.error if row.error is not None else 0.0)
+    ran_on_ort = any(row.error is not None and row.runtime.startswith("onnxruntime") for row in rows)
+    ok = ran_on_ort and worst <= args.tolerance
+    print(f"{'OK' if ok else 'FAILED'}: worst error {worst:.3g} (tolerance {args.tolerance:g})")
+    return 0 if ok else 1
+
+
+def _parse_shapes(values: list[str]) -> ShapeOverrides:
+    shapes: ShapeOverrides = {}
+    for value in values:
+        name, _, size = value.partition("=")
+        try:
+            dims = [int(d) for d in size.lower().split("x")]
+        except ValueError:
+            dims = []
+        if not name or not dims or min(dims) < 0:
+            raise CommandError(f"--shape: expected DIM=N or INPUT=AxBx... with sizes >= 0, got {value!r}")
+        shapes[name] = dims[0] if len(dims) == 1 and "x" not in size.lower() else dims
+    return shapes
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .onnx_adapter import params_of
+    from .rewrite import find_deform_convs, model_opset, tensor_facts
+
+    model = _load(args.model)
+    found = list(find_deform_convs(model.graph))
+    if not found:
+        raise CommandError(f"{args.model} has no DeformConv node")
+    facts = tensor_facts(model)
+    print(f"{args.model}: opset {model_opset(model)}, {len(found)} DeformConv node(s)")
+    for item in found:
+        node = item.node
+        print(f"{item.describe()}:")
+        roles = ["X", "W", "offset", "B", "mask"]
+        for role, name in zip(roles, node.input):
+            if name:
+                elem_type, shape = facts.get(name, (None, None))
+                dtype = onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type else "?"
+                print(f"  {role:<7} {name}: {dtype} {show_shape(shape)}")
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        print("  " + " ".join(f"{k}={v}" for k, v in sorted(attributes.items())))
+        if item.location:
+            print("  not rewritten by decompose (inside a subgraph)")
+            continue
+        try:
+            params = params_of(node, facts)
+        except DeformConvExportError as error:
+            print(f"  cannot be decomposed: {error}")
+            continue
+        print(f"  decomposes as: stride={params.stride} padding={params.padding} "
+              f"dilation={params.dilation} groups={params.groups} "
+              f"offset_groups={params.offset_groups} mask={params.use_mask} kernel={params.kernel}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from . import demo as demo_module

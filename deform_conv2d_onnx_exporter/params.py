@@ -155,7 +155,7 @@ def _check_positive(name: str, value: int) -> None:
 def _check_rank(name: str, shape: StaticShape, layout: str) -> None:
     if shape is not None and len(shape) != 4:
         raise DeformConvExportError(
-            f"{name}: expected a 4-D tensor {layout}, got {len(shape)}-D shape {_show(shape)}"
+            f"{name}: expected a 4-D tensor {layout}, got {len(shape)}-D shape {show_shape(shape)}"
         )
 
 
@@ -163,24 +163,27 @@ def _check_channels(name: str, shape: StaticShape, expected: int, formula: str) 
     if shape is not None and shape[1] is not None and shape[1] != expected:
         raise DeformConvExportError(
             f"{name}: expected {expected} channels ({formula}), "
-            f"got {name}.shape[1]={shape[1]} (shape {_show(shape)})"
+            f"got {name}.shape[1]={shape[1]} (shape {show_shape(shape)})"
         )
 
 
 def _static_weight_shape(shape: StaticShape) -> tuple[int, int, int, int]:
     layout = "(out_channels, in_channels / groups, kh, kw)"
     if shape is None or len(shape) != 4:
-        got = "an unknown rank" if shape is None else f"{len(shape)}-D shape {_show(shape)}"
+        got = "an unknown rank" if shape is None else f"{len(shape)}-D shape {show_shape(shape)}"
         raise DeformConvExportError(f"weight: expected a 4-D tensor {layout}, got {got}")
     if any(d is None for d in shape):
         raise DeformConvExportError(
-            f"weight: the kernel shape {layout} must be static at export time, got {_show(shape)}"
+            f"weight: the kernel shape {layout} must be static at export time, got {show_shape(shape)}"
         )
     dims = tuple(int(d) for d in shape if d is not None)
     if min(dims) < 1:
-        raise DeformConvExportError(f"weight: expected every dimension >= 1, got {_show(shape)}")
+        raise DeformConvExportError(f"weight: expected every dimension >= 1, got {show_shape(shape)}")
     return dims[0], dims[1], dims[2], dims[3]
 
 
-def _show(shape: Sequence[Optional[int]]) -> str:
+def show_shape(shape: StaticShape) -> str:
+    """A shape for an error message: ``(1, ?, 7, 9)``, ``?`` for a symbolic dimension."""
+    if shape is None:
+        return "an unknown shape"
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"

@@ -157,6 +157,16 @@ def installed() -> TorchCapabilities:
     return capabilities(torch.__version__)
 
 
+#: First onnxscript whose torch_lib translates torchvision::deform_conv2d itself, to ONNX DeformConv
+#: (what torch.onnx.export(dynamo=True) writes without our translation).
+ONNXSCRIPT_DEFORMCONV = Version("0.7.1")
+
+
+def onnxscript_translates_deform_conv2d(onnxscript_version: str) -> bool:
+    """onnxscript of this version maps torchvision::deform_conv2d to ONNX DeformConv by itself."""
+    return _release(onnxscript_version) >= ONNXSCRIPT_DEFORMCONV
+
+
 def onnxruntime_has_deformconv(onnxruntime_version: str) -> bool:
     """ONNX Runtime of this version runs the ONNX DeformConv operator (``lowering="native"``)."""
     return _release(onnxruntime_version) >= ONNXRUNTIME_DEFORMCONV

@@ -36,6 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "symbolic_sizes: the test needs sizes kept symbolic through F.interpolate")
     config.addinivalue_line(
+        "markers", "torch_writes_deformconv: the test needs torch's own dynamo exporter to write ONNX "
+        "DeformConv for deform_conv2d")
+    config.addinivalue_line(
         "markers", "reference_evaluator: the test runs its models on ONNX's reference evaluator, "
         "not on ONNX Runtime")
     try:

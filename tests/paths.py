@@ -45,6 +45,17 @@ def _item_paths(item: pytest.Item) -> tuple[str, Optional[str], Optional[int], O
     return exporter, params.get("lowering"), params.get("opset"), params.get("dtype")
 
 
+def _torch_writes_deformconv() -> Optional[str]:
+    """Why torch's own dynamo exporter cannot write ONNX DeformConv here, or None if it can."""
+    if not TORCH.has_dynamo_keyword:
+        return f"torch's own DeformConv: torch {TORCH.version} has no dynamo= keyword"
+    version = metadata.version("onnxscript")
+    if not versions.onnxscript_translates_deform_conv2d(version):
+        return (f"torch's own DeformConv: onnxscript {version} does not translate deform_conv2d "
+                f"(needs >= {versions.ONNXSCRIPT_DEFORMCONV})")
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
@@ -53,6 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             lowering, opset = None, None
         reason = missing_path(exporter, lowering, opset, dtype=dtype,
                               on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
+        if reason is None and item.get_closest_marker("torch_writes_deformconv"):
+            reason = _torch_writes_deformconv()
         if (reason is None and exporter == "dynamo" and item.get_closest_marker("symbolic_sizes")
                 and not TORCH.dynamo_symbolic_sizes):
             reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "

@@ -1,0 +1,225 @@
+"""Rewrite every DeformConv node of an ONNX model into standard operators, without torch.
+
+The rest of the model (nodes, names, initializers, value_info, metadata, symbolic dimensions) is
+kept as it is. The steps: shape inference at the model's own opset (the only one where
+DeformConv's shapes can be inferred), conversion of the other nodes to the target opset, then one
+:class:`.onnx_adapter.OnnxGraphEmitter` per DeformConv node.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import onnx
+from onnx import TensorProto
+
+from .decomposition import LoweringOptions
+from .onnx_adapter import OnnxGraphEmitter, TensorFacts, params_of, replace_node
+from .params import DeformConvExportError
+
+#: The decompositions use GatherND with batch_dims, new in opset 12.
+MIN_OPSET = 12
+#: Where DeformConv nodes wait while onnx's version converter, which has no DeformConv below
+#: opset 19, converts the rest of the model.
+_PENDING_DOMAIN = "deform_conv2d_onnx_exporter.pending"
+
+
+@dataclass(frozen=True)
+class FoundNode:
+    """A DeformConv node and where it is: ``location`` is empty for the main graph, else the chain
+    of subgraphs (``If 'cond'.then_branch``) that holds it."""
+
+    node: onnx.NodeProto
+    location: str = ""
+
+    def describe(self) -> str:
+        where = f" in {self.location}" if self.location else ""
+        return f"DeformConv {self.node.name!r}{where}"
+
+
+@dataclass
+class Decomposed:
+    """The result of :func:`decompose_model`.
+
+    Attributes:
+        model: the rewritten model.
+        rewritten: names of the DeformConv nodes replaced, in graph order.
+        left_in_subgraphs: DeformConv nodes inside If/Loop/Scan bodies, left as they were.
+    """
+
+    model: onnx.ModelProto
+    rewritten: list[str] = field(default_factory=list)
+    left_in_subgraphs: list[FoundNode] = field(default_factory=list)
+
+
+def find_deform_convs(graph: onnx.GraphProto, location: str = "") -> Iterator[FoundNode]:
+    """Every default-domain DeformConv node of ``graph`` and of its subgraphs, in graph order."""
+    for node in graph.node:
+        if node.op_type == "DeformConv" and node.domain in ("", "ai.onnx"):
+            yield FoundNode(node, location)
+        for attribute in node.attribute:
+            for index, body in enumerate(_subgraphs(attribute)):
+                suffix = f"[{index}]" if attribute.type == onnx.AttributeProto.GRAPHS else ""
+                inner = f"{node.op_type} {node.name!r}.{attribute.name}{suffix}"
+                yield from find_deform_convs(body, f"{location} > {inner}" if location else inner)
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise DeformConvExportError("the model imports no default-domain (ai.onnx) opset")
+
+
+def decompose_model(
+    model: onnx.ModelProto,
+    opset: Optional[int] = None,
+    lowering: str = "auto",
+    enable_openvino_patch: bool = False,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> Decomposed:
+    """Replace every DeformConv node of the main graph by standard operators.
+
+    Args:
+        model: a model with DeformConv nodes (opset 19 or higher); it is not modified.
+        opset: the default-domain opset of the result, 12 or higher; None keeps the model's.
+            The other nodes are converted with ``onnx.version_converter``.
+        lowering, enable_openvino_patch: how the nodes are written (README, "Lowerings").
+        progress: called as ``progress(done, total, node_name)`` after each rewritten node.
+
+    Returns:
+        The rewritten model, the nodes replaced, and the nodes left inside subgraphs.
+
+    Raises:
+        DeformConvExportError: no DeformConv in the main graph, an opset below 12 or one the
+            lowering or the version converter cannot reach, or a node that cannot be rewritten.
+
+    Example::
+
+        >>> result = decompose_model(onnx.load("model.onnx"), opset=17)
+        >>> onnx.save(result.model, "model.decomposed.onnx")
+    """
+    source = model_opset(model)
+    target = source if opset is None else opset
+    options = LoweringOptions.from_api(None, enable_openvino_patch, lowering)
+    found = list(find_deform_convs(model.graph))
+    main = [f.node for f in found if not f.location]
+    nested = [f for f in found if f.location]
+    if not main:
+        inside = f" ({len(nested)} inside subgraphs, which are not rewritten)" if nested else ""
+        raise DeformConvExportError(f"the model has no DeformConv node in its main graph{inside}")
+    if target < MIN_OPSET:
+        raise DeformConvExportError(
+            f"opset: the decomposition needs opset >= {MIN_OPSET} (GatherND with batch_dims), got {target}"
+        )
+    options.resolve(target, TensorProto.FLOAT)  # a lowering the target opset cannot hold fails here
+    if nested and target < 19:
+        raise DeformConvExportError(
+            f"opset: {nested[0].describe()} is inside a subgraph, which is not rewritten, and "
+            f"DeformConv needs opset >= 19, got {target}"
+        )
+
+    facts = tensor_facts(model)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    if target != source:
+        result = _convert_other_nodes(result, source, target)
+
+    fresh_name = _name_factory(result.graph)
+    nodes: list[onnx.NodeProto] = []
+    rewritten: list[str] = []
+    for node in result.graph.node:
+        if node.domain not in ("", "ai.onnx", _PENDING_DOMAIN) or node.op_type != "DeformConv":
+            nodes.append(node)
+            continue
+        prefix = node.name or fresh_name("DeformConv")
+        emitter = OnnxGraphEmitter(target, facts, fresh_name, prefix)
+        replace_node(node, params_of(node, facts), options, emitter)
+        nodes.extend(emitter.nodes)
+        result.graph.initializer.extend(emitter.initializers)
+        rewritten.append(prefix)
+        if progress is not None:
+            progress(len(rewritten), len(main), prefix)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    onnx.checker.check_model(result)
+    return Decomposed(result, rewritten, nested)
+
+
+def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attribute.type == onnx.AttributeProto.GRAPH:
+        return [attribute.g]
+    if attribute.type == onnx.AttributeProto.GRAPHS:
+        return list(attribute.graphs)
+    return []
+
+
+def tensor_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
+    """Element type and shape of every main-graph tensor ONNX shape inference can tell."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as error:  # onnx raises several types, all meaning "not a valid model"
+        raise DeformConvExportError(f"ONNX shape inference failed on the model: {error}") from error
+    facts: dict[str, TensorFacts] = {}
+    graph = inferred.graph
+    for info in itertools.chain(graph.input, graph.value_info, graph.output):
+        tensor = info.type.tensor_type
+        shape = None
+        if tensor.HasField("shape"):
+            shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        facts[info.name] = (tensor.elem_type or None, shape)
+    for initializer in graph.initializer:
+        facts[initializer.name] = (initializer.data_type, list(initializer.dims))
+    return facts
+
+
+def _convert_other_nodes(model: onnx.ModelProto, source: int, target: int) -> onnx.ModelProto:
+    """The model at opset ``target``, its main-graph DeformConv nodes in a domain the converter skips."""
+    for node in model.graph.node:
+        if node.op_type == "DeformConv" and node.domain in ("", "ai.onnx"):
+            node.domain = _PENDING_DOMAIN
+    model.opset_import.append(onnx.helper.make_opsetid(_PENDING_DOMAIN, 1))
+    try:
+        converted = onnx.version_converter.convert_version(model, target)
+    except Exception as error:  # the converter raises RuntimeError or a C++ assertion's text
+        # The converter's text starts with its C++ source location and assertion; keep the reason.
+        reason = str(error).strip().splitlines()[-1].split("failed: ")[-1]
+        raise DeformConvExportError(
+            f"opset: onnx.version_converter cannot convert the model's other nodes from opset "
+            f"{source} to {target} ({reason}); choose an opset it can reach, such as {source}"
+        ) from error
+    pending = [entry for entry in converted.opset_import if entry.domain == _PENDING_DOMAIN]
+    for entry in pending:
+        converted.opset_import.remove(entry)
+    return converted
+
+
+def _name_factory(graph: onnx.GraphProto) -> Callable[[str], str]:
+    """A function returning names used nowhere in ``graph`` (subgraphs included) nor before."""
+    taken: set[str] = set()
+
+    def collect(g: onnx.GraphProto) -> None:
+        taken.update(i.name for i in itertools.chain(g.input, g.output, g.value_info, g.initializer))
+        for node in g.node:
+            taken.add(node.name)
+            taken.update(node.input)
+            taken.update(node.output)
+            for attribute in node.attribute:
+                for body in _subgraphs(attribute):
+                    collect(body)
+
+    collect(graph)
+    counters: dict[str, itertools.count[int]] = {}
+
+    def fresh(base: str) -> str:
+        counter = counters.setdefault(base, itertools.count())
+        name = base
+        while name in taken:
+            name = f"{base}_{next(counter)}"
+        taken.add(name)
+        return name
+
+    return fresh

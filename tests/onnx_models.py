@@ -1,0 +1,153 @@
+"""Hand-built ONNX models with one DeformConv node, for the rewrite tests. No torch here.
+
+The reference output of such a model is ONNX's reference evaluator running DeformConv itself
+(``onnx.reference``, plain NumPy loops); test_onnx_rewrite.py checks that reference against
+torchvision's kernel, so the runtime tests that have no torch compare against torchvision too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class NodeCase:
+    """One DeformConv node. Pairs are (h, w); pads are (h_begin, w_begin, h_end, w_end)."""
+
+    in_channels: int = 4
+    out_channels: int = 6
+    height: int = 7
+    width: int = 9
+    kernel: Pair = (3, 3)
+    strides: Pair = (1, 1)
+    pads: tuple[int, int, int, int] = (1, 1, 1, 1)
+    dilations: Pair = (1, 1)
+    group: int = 1
+    offset_group: int = 1
+    mask: bool = True
+    bias: bool = True
+    batch: int = 1
+    #: batch, height and width as dim_params N, H, W in the model's inputs
+    symbolic: bool = False
+    dtype: Any = np.float32
+
+    def with_(self, **changes: Any) -> NodeCase:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def out_size(self) -> Pair:
+        return (self._out(self.height, 0), self._out(self.width, 1))
+
+    def _out(self, size: int, axis: int) -> int:
+        extent = self.dilations[axis] * (self.kernel[axis] - 1) + 1
+        return (size + self.pads[axis] + self.pads[axis + 2] - extent) // self.strides[axis] + 1
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["x", "offset", "mask"] if self.mask else ["x", "offset"]
+
+    def __str__(self) -> str:
+        base = NodeCase()
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != getattr(base, f.name)]
+        return ",".join(changed).replace(" ", "").replace("<class'numpy.", "").replace("'>", "") or "base"
+
+
+#: Attribute coverage: each feature at least once, several combined.
+CASES = [
+    NodeCase(),
+    NodeCase(pads=(2, 0, 1, 1), strides=(2, 1)),  # asymmetric pads
+    NodeCase(pads=(0, 2, 1, 0), dilations=(2, 1), kernel=(2, 3)),
+    NodeCase(group=2, offset_group=2, mask=False),
+    NodeCase(in_channels=8, out_channels=4, group=2, offset_group=4, bias=False),
+    NodeCase(mask=False, bias=False, kernel=(1, 1), pads=(0, 0, 0, 0)),
+    NodeCase(symbolic=True, batch=2, strides=(1, 2), pads=(1, 2, 1, 2)),
+    NodeCase(dtype=np.float64, offset_group=2),
+]
+
+
+def build(case: NodeCase, opset: int = 19, seed: int = 0) -> onnx.ModelProto:
+    """A model ``y = DeformConv(x, W, offset, B, mask)`` with W and B as initializers."""
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(case.dtype))
+    kh, kw = case.kernel
+    taps = kh * kw
+    oh, ow = case.out_size
+    n, h, w = ("N", "H", "W") if case.symbolic else (case.batch, case.height, case.width)
+    out_h, out_w = ("OH", "OW") if case.symbolic else (oh, ow)
+    inputs = [
+        helper.make_tensor_value_info("x", elem, [n, case.in_channels, h, w]),
+        helper.make_tensor_value_info("offset", elem, [n, 2 * case.offset_group * taps, out_h, out_w]),
+    ]
+    if case.mask:
+        mask_shape = [n, case.offset_group * taps, out_h, out_w]
+        inputs.append(helper.make_tensor_value_info("mask", elem, mask_shape))
+    weight = rng.standard_normal((case.out_channels, case.in_channels // case.group, kh, kw))
+    initializers = [numpy_helper.from_array(weight.astype(case.dtype), "W")]
+    node_inputs = ["x", "W", "offset", "B" if case.bias else "", "mask" if case.mask else ""]
+    if case.bias:
+        bias = rng.standard_normal(case.out_channels).astype(case.dtype)
+        initializers.append(numpy_helper.from_array(bias, "B"))
+    node = helper.make_node(
+        "DeformConv", node_inputs, ["y"], name="dcn",
+        kernel_shape=[kh, kw], strides=list(case.strides), pads=list(case.pads),
+        dilations=list(case.dilations), group=case.group, offset_group=case.offset_group,
+    )
+    graph = helper.make_graph(
+        [node], "one_deform_conv", inputs,
+        [helper.make_tensor_value_info("y", elem, [n, case.out_channels, out_h, out_w])], initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9  # readable by every runtime tested, ONNX Runtime 1.24 included
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def feeds(case: NodeCase, seed: int = 1, batch: int | None = None,
+          size: Pair | None = None) -> dict[str, np.ndarray]:
+    """Random inputs; offsets are normal × the kernel's extent, so many samples leave the image."""
+    case = case.with_(batch=batch or case.batch, height=(size or (case.height, 0))[0],
+                      width=(size or (0, case.width))[1])
+    rng = np.random.default_rng(seed)
+    taps = case.kernel[0] * case.kernel[1]
+    oh, ow = case.out_size
+    reach = max(k * d for k, d in zip(case.kernel, case.dilations))
+    result = {
+        "x": rng.standard_normal((case.batch, case.in_channels, case.height, case.width)),
+        "offset": rng.standard_normal((case.batch, 2 * case.offset_group * taps, oh, ow)) * reach,
+    }
+    if case.mask:
+        result["mask"] = rng.uniform(0, 1.5, (case.batch, case.offset_group * taps, oh, ow))
+    return {k: v.astype(case.dtype) for k, v in result.items()}
+
+
+def reference_output(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The model run by ONNX's reference evaluator, which implements DeformConv directly."""
+    (out,) = ReferenceEvaluator(model).run(None, inputs)
+    return out
+
+
+@functools.cache
+def expected(case: NodeCase, batch: int | None = None, size: Pair | None = None) -> np.ndarray:
+    """The case's output on :func:`feeds` by the reference evaluator (slow loops: cached)."""
+    return reference_output(build(case), feeds(case, batch=batch, size=size))
+
+
+def tolerance(case: NodeCase) -> dict[str, float]:
+    """assert_allclose's atol and rtol against the reference evaluator, for the case's dtype.
+
+    For float64 the reference evaluator's DeformConv is itself only float32-accurate (2e-6 from
+    torchvision's kernel, measured), whereas the decompositions match torchvision to 1e-15.
+    """
+    limit = 1e-5 if case.dtype == np.float64 else 1e-4
+    return {"atol": limit, "rtol": limit}

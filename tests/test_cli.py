@@ -1,0 +1,158 @@
+"""The command line: decompose, verify and info, their output, exit codes and errors. No torch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import helper
+from onnx_models import NodeCase, build
+
+from deform_conv2d_onnx_exporter.__main__ import PROGRESS_FROM, main
+
+ERROR = "deform-conv2d-onnx: error: "
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> str:
+    path = str(tmp_path / "model.onnx")
+    onnx.save(build(NodeCase(symbolic=True, group=2, offset_group=2)), path)
+    return path
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(ERROR), err
+    return err
+
+
+def test_info_lists_nodes_and_parameters(model_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", model_path]) == 0
+    out = capsys.readouterr().out
+    assert "opset 19, 1 DeformConv node(s)" in out
+    assert "W       W: float (6, 2, 3, 3)" in out
+    assert "offset  offset: float (?, 36, ?, ?)" in out
+    assert "group=2" in out and "offset_group=2" in out and "pads=[1, 1, 1, 1]" in out
+    assert "decomposes as: stride=(1, 1) padding=(1, 1)" in out
+
+
+def test_decompose_then_verify(model_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = str(tmp_path / "out.onnx")
+    assert main(["decompose", model_path, out_path, "--opset", "16", "--lowering", "gather_rows"]) == 0
+    assert "1 of 1 DeformConv nodes rewritten (lowering gather_rows, opset 16)" in capsys.readouterr().out
+    assert not [n for n in onnx.load(out_path).graph.node if n.op_type == "DeformConv"]
+
+    shapes = ["--shape", "N=2", "--shape", "H=5", "--shape", "W=6", "--shape", "OH=5", "--shape", "OW=6"]
+    assert main(["verify", out_path, "--reference", model_path, *shapes]) == 0
+    out = capsys.readouterr().out
+    assert "input x: float32 (2, 4, 5, 6)" in out
+    assert out.splitlines()[-1].startswith("OK: worst error")
+    assert "onnx.reference" in out
+
+
+def test_verify_decomposes_a_model_with_deformconv_in_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "static.onnx")
+    onnx.save(build(NodeCase()), path)
+    assert main(["verify", path, "--lowering", "gathernd"]) == 0
+    out = capsys.readouterr().out
+    assert "decomposed in memory (lowering gathernd)" in out and "OK: worst error" in out
+
+
+def test_verify_asks_for_symbolic_sizes(model_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", model_path]) == 1
+    assert "input 'x': dimension 'N' has no size; give it with --shape N=N" in _one_error_line(capsys)
+
+
+def test_verify_needs_a_reference_with_deformconv(
+    model_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_path = str(tmp_path / "out.onnx")
+    assert main(["decompose", model_path, out_path]) == 0
+    capsys.readouterr()
+    assert main(["verify", out_path]) == 1
+    assert "--reference ORIGINAL.onnx" in _one_error_line(capsys)
+
+
+def _unsupported_attribute(path: Path) -> None:
+    model = build(NodeCase())
+    model.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "VALID"))
+    onnx.save(model, str(path))
+
+
+def _no_deformconv(path: Path) -> None:
+    model = build(NodeCase())
+    model.graph.node[0].op_type = "Conv"
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("command", ["decompose", "info"])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (None, "cannot read {path}: no such file"),
+        (lambda p: p.write_bytes(b"\x00not an onnx file\xff" * 3), "cannot read {path} as an ONNX model"),
+        (_no_deformconv, "has no DeformConv node"),
+        (_unsupported_attribute, "unsupported attribute auto_pad"),
+    ],
+    ids=["missing", "garbage", "no-deformconv", "unsupported-attribute"],
+)
+def test_errors_are_one_line_and_exit_1(
+    command: str, make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "in.onnx"
+    if make is not None:
+        make(path)
+    if command == "info" and make is _unsupported_attribute:
+        assert main(["info", str(path)]) == 0  # info reports it per node instead
+        assert "cannot be decomposed: DeformConv node 'dcn': unsupported attribute auto_pad" in (
+            capsys.readouterr().out
+        )
+        return
+    argv = [command, str(path)] + ([str(tmp_path / "out.onnx")] if command == "decompose" else [])
+    assert main(argv) == 1
+    assert message.format(path=path) in _one_error_line(capsys)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_progress_for_many_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A chain of DeformConv nodes, each reading the previous one's output."""
+    model = build(NodeCase(in_channels=6, out_channels=6))
+    first = model.graph.node[0]
+    for index in range(1, PROGRESS_FROM):
+        node = onnx.NodeProto()
+        node.CopyFrom(first)
+        node.name, node.input[0], node.output[0] = f"dcn{index}", f"y{index - 1}", f"y{index}"
+        model.graph.node.append(node)
+    first.output[0] = "y0"
+    model.graph.node[-1].output[0] = "y"
+    path, out_path = str(tmp_path / "chain.onnx"), str(tmp_path / "out.onnx")
+    onnx.save(model, path)
+    assert main(["decompose", path, out_path]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"[{i + 1}/{PROGRESS_FROM}] rewrote DeformConv {n.name!r}"
+                     for i, n in enumerate(model.graph.node)]
+
+
+def test_module_entry_point_needs_no_torch(model_path: str, tmp_path: Path) -> None:
+    code = (
+        "import sys; from deform_conv2d_onnx_exporter.__main__ import main; "
+        f"rc = main(['decompose', {model_path!r}, {str(tmp_path / 'o.onnx')!r}]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+
+
+def test_console_script(model_path: str) -> None:
+    # pip puts console scripts beside the interpreter of the environment it installs into.
+    script = shutil.which("deform-conv2d-onnx", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the package is not installed here (the dev venv imports it from the clone)")
+    done = subprocess.run([script, "info", model_path], capture_output=True, text=True, check=True)
+    assert "1 DeformConv node(s)" in done.stdout
