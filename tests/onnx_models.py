@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.ops.op_gather import Gather as _ReferenceGather
+from onnx.reference.ops.op_grid_sample import GridSample as _ReferenceGridSample
 
 Pair = tuple[int, int]
 
@@ -131,10 +133,68 @@ def feeds(case: NodeCase, seed: int = 1, batch: int | None = None,
     return {k: v.astype(case.dtype) for k, v in result.items()}
 
 
+class Gather(_ReferenceGather):
+    """onnx < 1.23 calls ``indices.ascontiguousarray()``, which NumPy arrays do not have."""
+
+    def _run(self, x, indices, axis=None):  # noqa: ANN001, ANN202
+        return super()._run(np.ascontiguousarray(x), np.ascontiguousarray(indices), axis=axis)
+
+
+class GridSample(_ReferenceGridSample):
+    """onnx < 1.23 knows only opset 20's mode names; opset 16 says "bilinear" for "linear"."""
+
+    def _run(self, X, grid, mode=None, padding_mode=None, align_corners=None):  # noqa: ANN001, ANN202, N803
+        mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
+        return super()._run(X, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+
+#: Fixes for the reference evaluator of older onnx releases (harmless on newer ones).
+REFERENCE_FIXES = [Gather, GridSample]
+#: NumPy's choose, behind the reference evaluator's GatherElements, takes at most this many
+#: choices (32 before NumPy 2, 64 from 2).
+NUMPY_CHOOSE_LIMIT = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
+
+
+def reference_evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
+    """ONNX's reference evaluator for ``model``, with :data:`REFERENCE_FIXES`."""
+    return ReferenceEvaluator(model, new_ops=REFERENCE_FIXES)
+
+
 def reference_output(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The model run by ONNX's reference evaluator, which implements DeformConv directly."""
-    (out,) = ReferenceEvaluator(model).run(None, inputs)
+    (out,) = reference_evaluator(model).run(None, inputs)
     return out
+
+
+def _onnxruntime_max_opset() -> int:
+    """The highest opset whose Shape and Reshape the installed ONNX Runtime runs (probed).
+
+    ONNX Runtime 1.15 refuses models stamped with opset 20 and has no Reshape-19 kernel.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # a refusal is the answer, not something to log
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    for opset in range(onnx.defs.onnx_opset_version(), 12, -1):
+        model = helper.make_model(helper.make_graph(nodes, "probe", [x], [y]),
+                                  opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        try:
+            session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                   providers=["CPUExecutionProvider"])
+            session.run(None, {"x": np.zeros((2, 3), np.float32)})
+        except Exception:  # noqa: BLE001 - onnxruntime's own error types
+            continue
+        return opset
+    return 12
+
+
+@functools.cache
+def onnxruntime_max_opset() -> int:
+    """:func:`_onnxruntime_max_opset`, probed once."""
+    return _onnxruntime_max_opset()
 
 
 @functools.cache

@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx.reference.ops.op_gather import Gather as _ReferenceGather
-from onnx.reference.ops.op_grid_sample import GridSample as _ReferenceGridSample
+from onnx_models import reference_evaluator
 from support import (
     EXPORTERS,
     LOWERINGS,
@@ -88,22 +87,6 @@ def test_edge_configuration(name: str, lowering: str) -> None:
         assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
 
-class Gather(_ReferenceGather):
-    """onnx < 1.23 calls ``indices.ascontiguousarray()``, which NumPy arrays do not have."""
-
-    def _run(self, x, indices, axis=None):  # noqa: ANN001, ANN202
-        return super()._run(np.ascontiguousarray(x), np.ascontiguousarray(indices), axis=axis)
-
-
-class GridSample(_ReferenceGridSample):
-    """onnx < 1.23 knows only opset 20's mode names; opset 16 says "bilinear" for "linear"."""
-
-    def _run(self, X, grid, mode=None, padding_mode=None, align_corners=None):  # noqa: ANN001, ANN202, N803
-        mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
-        return super()._run(X, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-
-
-_REFERENCE_FIXES = [Gather, GridSample]
 
 
 @pytest.mark.reference_evaluator
@@ -114,12 +97,10 @@ def test_reference_evaluator_agrees(lowering: str) -> None:
     Its GatherElements uses NumPy's choose, which takes at most 32 choices before NumPy 2 (64
     from 2), so the padded image has (2 + 3)·(3 + 3) = 30 pixels.
     """
-    from onnx.reference import ReferenceEvaluator
-
     case = Case(height=2, width=3, offset_groups=2, stride=(1, 2))
     module, names, inputs = DeformConvCall(case), input_names(case), make_inputs(case)
     model = export(module, inputs, "legacy", lowering, names)
-    (got,) = ReferenceEvaluator(onnx.load_from_string(model), new_ops=_REFERENCE_FIXES).run(
+    (got,) = reference_evaluator(onnx.load_from_string(model)).run(
         None, {n: t.numpy() for n, t in zip(names, inputs)})
     assert_matches(got, module(*inputs), torch.float32)
 
