@@ -1,8 +1,10 @@
 """What the installed torch (and ONNX Runtime) can export with or run, decided from version numbers.
 
-Every number below was measured on Python 3.11 wheels; the releases in brackets are the ones the
-test matrix runs (``nox -s tests matrix``, README "Supported versions"), the others were checked
-once by hand (1.13.1, 2.8.0) or lie between two measured releases.
+The releases in brackets are the ones the test matrix runs on Python 3.11 wheels (``nox -s tests
+matrix``, README "Supported versions"), where every column is checked against the installed torch.
+The 1.13.1 and 2.8.0 rows come from one earlier measurement that the matrix does not repeat. The
+releases between are assumed to behave like the measured one above them (2.1 like 2.0: not
+measured).
 
 ==============  ======================  ===============  ==================  ===================
 torch           legacy default / max    ``dynamo=``      custom_translation  ``export`` default

@@ -36,6 +36,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "symbolic_sizes: the test needs sizes kept symbolic through F.interpolate")
     config.addinivalue_line(
+        "markers", "onnx_only: the test rewrites ONNX models; its parameters name no export path")
+    config.addinivalue_line(
         "markers", "torch_writes_deformconv: the test needs torch's own dynamo exporter to write ONNX "
         "DeformConv for deform_conv2d")
     config.addinivalue_line(

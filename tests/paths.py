@@ -62,6 +62,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         exporter, lowering, opset, dtype = _item_paths(item)
         if item.get_closest_marker("refusal"):
             lowering, opset = None, None
+        if item.get_closest_marker("onnx_only"):
+            exporter, lowering, opset, dtype = "legacy", None, None, None
         reason = missing_path(exporter, lowering, opset, dtype=dtype,
                               on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
         if reason is None and item.get_closest_marker("torch_writes_deformconv"):

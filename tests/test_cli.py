@@ -15,6 +15,9 @@ from onnx_models import NodeCase, build, onnxruntime_max_opset
 
 from deform_conv2d_onnx_exporter.__main__ import PROGRESS_FROM, main
 
+#: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
+pytestmark = pytest.mark.onnx_only
+
 ERROR = "deform-conv2d-onnx: error: "
 
 

@@ -10,6 +10,9 @@ from onnx_models import NodeCase, build
 
 from deform_conv2d_onnx_exporter import DeformConvExportError, decompose_model
 
+#: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
+pytestmark = pytest.mark.onnx_only
+
 SYMBOLIC = NodeCase(symbolic=True)
 
 

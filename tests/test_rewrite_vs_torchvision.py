@@ -21,6 +21,9 @@ from support import ORT_HAS_DEFORMCONV, Case, DeformConvCall, input_names, make_
 
 from deform_conv2d_onnx_exporter import decompose_model
 
+#: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
+pytestmark = pytest.mark.onnx_only
+
 
 def torchvision_output(case: NodeCase, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """torchvision's deform_conv2d on the model's weights and inputs.

@@ -29,6 +29,9 @@ from onnx_models import (
 
 from deform_conv2d_onnx_exporter import decompose_model, versions
 
+#: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
+pytestmark = pytest.mark.onnx_only
+
 RunModel = Callable[[onnx.ModelProto, dict[str, np.ndarray]], np.ndarray]
 
 
