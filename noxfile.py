@@ -137,7 +137,7 @@ def matrix(session: nox.Session, torch: str) -> None:
     """The test suite on an older torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
 
     Tests of paths this torch lacks are deselected by the package's own version detection
-    (tests/conftest.py); extra arguments go to pytest.
+    (tests/paths.py); extra arguments go to pytest.
     """
     started = time.monotonic()
     stack = OLDER[torch]
