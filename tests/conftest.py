@@ -43,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "reference_evaluator: the test runs its models on ONNX's reference evaluator, "
         "not on ONNX Runtime")
+    config.addinivalue_line(
+        "markers", "recorded_results: the test reads the installed torch's row in tools/matrix-results")
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -14,17 +14,23 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from collections import Counter
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Optional
 
 import onnxruntime
 import pytest
 import torch
 from _pytest.terminal import TerminalReporter
+from packaging.version import Version
 from support import ORT_HAS_DEFORMCONV, TORCH, missing_path
 
 from deform_conv2d_onnx_exporter import decomposition, onnxscript_adapter, torchscript_adapter, versions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import support_table  # noqa: E402
 
 PATHS = ("legacy", "dynamo", "native")
 # Which paths the running test really emitted: the adapters' emitters and the native lowering
@@ -43,6 +49,27 @@ def _item_paths(item: pytest.Item) -> tuple[str, Optional[str], Optional[int], O
     params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
     exporter = params.get("exporter") or ("dynamo" if item.get_closest_marker("dynamo") else "legacy")
     return exporter, params.get("lowering"), params.get("opset"), params.get("dtype")
+
+
+def capabilities() -> dict[str, Any]:
+    """What the package's version detection and the ONNX Runtime probe find here: a support-table row."""
+    return {
+        "exporters": TORCH.exporters(),
+        "legacy_default_opset": TORCH.legacy_default_opset,
+        "legacy_max_opset": TORCH.legacy_max_opset,
+        "dynamo_default_opset": TORCH.dynamo_default_opset if TORCH.has_dynamo_translation else None,
+        "export_default": TORCH.default_exporter(),
+        "onnxruntime_deformconv": ORT_HAS_DEFORMCONV,
+    }
+
+
+def recorded_result() -> Optional[dict[str, Any]]:
+    """The results ``tools/matrix-results`` holds for the installed torch release, or None."""
+    release = Version(torch.__version__).base_version
+    for result in support_table.load():
+        if Version(result["versions"]["torch"]).base_version == release:
+            return result
+    return None
 
 
 def _torch_writes_deformconv() -> Optional[str]:
@@ -72,6 +99,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 and not TORCH.dynamo_symbolic_sizes):
             reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
                       f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})")
+        if reason is None and item.get_closest_marker("recorded_results") and recorded_result() is None:
+            reason = (f"support table: tools/matrix-results has no results for torch {TORCH.version} "
+                      "yet (its nox session writes them)")
         if reason is None:
             keep.append(item)
         else:
@@ -136,14 +166,7 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
         results = {
             "python": platform.python_version(),
             "versions": _versions(),
-            "capabilities": {
-                "exporters": TORCH.exporters(),
-                "legacy_default_opset": TORCH.legacy_default_opset,
-                "legacy_max_opset": TORCH.legacy_max_opset,
-                "dynamo_default_opset": TORCH.dynamo_default_opset if TORCH.has_dynamo_translation else None,
-                "export_default": TORCH.default_exporter(),
-                "onnxruntime_deformconv": ORT_HAS_DEFORMCONV,
-            },
+            "capabilities": capabilities(),
             "tests": {**stats, "deselected": sum(deselected.values()), "exit_status": int(exitstatus)},
             "paths_passed": {p: counts[f"{p} passed"] for p in PATHS},
             "paths_failed": {p: counts[f"{p} failed"] for p in PATHS},
