@@ -196,7 +196,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def fuzz(session: nox.Session) -> None:
-    """The property-based tests with 500 random examples instead of CI's fixed 60."""
+    """The property-based tests with random examples, 500 of decompose_model instead of CI's fixed 60."""
     _install(session, NEWEST, "test")
     session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
                 *session.posargs)
