@@ -64,6 +64,7 @@ class Call:
             exporter's default, or the DeformConv model's own.
         model_opset: the opset of the DeformConv model built with onnx.helper, which decompose_model
             rewrites and ONNX Runtime's DeformConv runs as the second reference.
+        dtype: of the inputs, the weight and the bias.
         symbolic_batch, symbolic_size: whether the model's batch, and its height and width, are
             symbolic; a symbolic model is written from an example of another batch and size.
         case: the configuration; ``case.batch`` is the batch the model runs on (0: empty).
@@ -103,6 +104,7 @@ def _opsets(path: str, lowering: str, dtype: torch.dtype, model_opset: int) -> l
 
 @st.composite
 def configurations(draw: st.DrawFn) -> Case:
+    """Every argument of deform_conv2d, h and w drawn apart; images of 1 to 40 pixels with an output."""
     groups = draw(st.integers(1, 3))
     offset_groups = draw(st.integers(1, 3))
     in_channels = groups * offset_groups * draw(st.integers(1, 2))
@@ -121,6 +123,7 @@ def configurations(draw: st.DrawFn) -> Case:
 
 @st.composite
 def calls(draw: st.DrawFn, path: str) -> Call:
+    """Calls of ``path`` that the installed torch and ONNX Runtime can write and run."""
     model_opset = draw(st.sampled_from([o for o in DEFORMCONV_OPSETS if o <= onnxruntime_max_opset()]))
     lowering = draw(st.sampled_from([lowering for lowering in ["auto", *LOWERINGS]
                                      if missing_path(path, lowering) is None]))
