@@ -46,8 +46,10 @@ class OnnxScriptEmitter(Emitter[Any]):
         self._ops = onnxscript.values.Opset("", opset)
 
     def _node(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Attribute], name: str) -> Any:
-        # the exporter names the nodes it records; the hint has no place here
-        return getattr(self._ops, op_type)(*inputs, **attributes)
+        out = getattr(self._ops, op_type)(*inputs, **attributes)
+        # the exporter keeps a traced node's name, making it unique with a suffix
+        out.producer().name = f"deform_conv2d/{name}"
+        return out
 
     def _constant(self, array: np.ndarray) -> Any:
         return self._ops.Constant(value=self._ir.tensor(array))
