@@ -8,10 +8,12 @@ older onnx, onnxruntime and numpy. Usage: ``python onnx2tf_run.py JOBS.json``; J
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import sys
-import traceback
 
 import numpy as np
 
@@ -23,11 +25,24 @@ SAMPLES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 def convert(model: str, shape: list[int], folder: str) -> str:
     import onnx2tf
 
-    onnx2tf.convert(input_onnx_file_path=model, output_folder_path=folder, non_verbose=True,
-                    overwrite_input_shape=[f"image:{','.join(map(str, shape))}"],
-                    keep_ncw_or_nchw_or_ncdhw_input_names=["image"])
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            _convert(onnx2tf, model, shape, folder)
+    except BaseException as error:  # onnx2tf calls sys.exit on some failures
+        # onnx2tf prints the ONNX node it failed on; the error's last line says why
+        node = re.findall(r"onnx_op_name: (\S+)", printed.getvalue())
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        raise RuntimeError(f"onnx2tf at node {node[-1] if node else '?'}: {type(error).__name__}: "
+                           f"{lines[-1][:300] if lines else ''}") from error
     name = os.path.splitext(os.path.basename(model))[0]
     return os.path.join(folder, f"{name}_float32.tflite")
+
+
+def _convert(onnx2tf: object, model: str, shape: list[int], folder: str) -> None:
+    onnx2tf.convert(  # type: ignore[attr-defined]input_onnx_file_path=model, output_folder_path=folder, non_verbose=True,
+                    overwrite_input_shape=[f"image:{','.join(map(str, shape))}"],
+                    keep_ncw_or_nchw_or_ncdhw_input_names=["image"])
 
 
 def run(tflite: str, x: np.ndarray) -> np.ndarray:
@@ -51,9 +66,8 @@ def main(jobs_path: str) -> None:
         folder = os.path.abspath(f"tflite-{job['name']}")
         try:
             tflite = convert(job["model"], job["shape"], folder)
-        except BaseException as error:  # onnx2tf calls sys.exit on some failures
-            message = "".join(traceback.format_exception_only(type(error), error)).strip()
-            results.update({f"{job['name']}.{i}": f"onnx2tf: {message}" for i in range(len(job["inputs"]))})
+        except RuntimeError as error:
+            results.update({f"{job['name']}.{i}": str(error) for i in range(len(job["inputs"]))})
             continue
         for index, data in enumerate(job["inputs"]):
             key = f"{job['name']}.{index}"

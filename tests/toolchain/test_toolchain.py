@@ -7,7 +7,9 @@ conftest prints it with the error figures. A tool bug that no graph can avoid is
 
 from __future__ import annotations
 
+import os
 import re
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -44,10 +46,13 @@ def _documented(tool: Tool, variant: Variant) -> Optional[Documented]:
 
 
 def _message(error: BaseException) -> str:
-    """The error's first lines without backtraces, on one line."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    kept = [line for line in lines if line and not re.match(r"^(\d+:|at |Stack backtrace)", line)]
-    return f"{type(error).__name__}: " + " | ".join(kept)[:300]
+    """The error on one line: its first line and its last (the innermost cause), no backtrace."""
+    text = str(error).split("Stack backtrace:")[0]  # tract appends Rust's backtrace
+    lines = [line.strip()[:250] for line in text.splitlines() if line.strip()]
+    if not lines:  # a bare assert: where it failed
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        lines = [f"assert in {frame.name} ({os.path.basename(frame.filename)}:{frame.lineno})"]
+    return f"{type(error).__name__}: " + " | ".join(lines[:1] + lines[1:][-1:])
 
 
 def _outputs(tool: Tool, variant: Variant, path: str, inputs: list[np.ndarray], folder: str,

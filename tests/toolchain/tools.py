@@ -192,9 +192,11 @@ def _tract(path: str, variant: Variant, inputs: list[np.ndarray], folder: str) -
 
 
 def _ncnn(path: str, variant: Variant, inputs: list[np.ndarray], folder: str) -> list[np.ndarray]:
-    """pnnx converts the ONNX file (given every input shape to check) to ncnn, which runs it.
+    """pnnx converts the ONNX file at the export size to ncnn, which runs it.
 
-    ncnn has no batch dimension: each image of a batch is one run.
+    pnnx 20261020 given a second input shape (``inputshape2``, for dynamic sizes) aborts in its
+    ncnn pass on every variant (``std::invalid_argument: stoi``). ncnn has no batch dimension:
+    each image of a batch is one run.
     """
     import ncnn
 
@@ -296,27 +298,31 @@ def _job(key: str) -> Job:
 def run_onnx2tf(jobs: list[tuple[Variant, str, list[np.ndarray]]], folder: str) -> dict[Job, np.ndarray | str]:
     """Every model through onnx2tf to TFLite, run in TFLite's interpreter, in onnx2tf's own venv.
 
-    TFLite models have fixed shapes: dynamic variants are converted at their export size.
+    One process per model: TensorFlow sometimes aborts the process (``free(): invalid pointer``)
+    after a failed conversion. TFLite models have fixed shapes: dynamic variants are converted at
+    their export size.
     """
-    listing = []
+    results: dict[Job, np.ndarray | str] = {}
     for variant, path, inputs in jobs:
         data = []
         for index, x in enumerate(inputs):
             data.append(os.path.join(folder, f"{variant.name}.{index}.npy"))
             np.save(data[-1], x)
-        listing.append({"name": variant.name, "model": path, "inputs": data,
-                        "shape": list(_export_shape(variant))})
-    with open(os.path.join(folder, "jobs.json"), "w") as file:
-        json.dump(listing, file)
-    driven = subprocess.run(
-        [os.environ["DCE_ONNX2TF_PYTHON"], os.path.join(HERE, "onnx2tf_run.py"), os.path.join(folder, "jobs.json")],
-        cwd=folder, capture_output=True, text=True, timeout=1800)
-    if driven.returncode != 0:
-        raise RuntimeError(f"onnx2tf_run.py exited with {driven.returncode}: {_last_lines(driven)}")
-    with open(os.path.join(folder, "jobs.json.results")) as file:
-        results = json.load(file)
-    return {_job(key): value if isinstance(value, str) else np.load(value["npy"])
-            for key, value in results.items()}
+        listing = os.path.join(folder, f"{variant.name}.json")
+        with open(listing, "w") as file:
+            json.dump([{"name": variant.name, "model": path, "inputs": data,
+                        "shape": list(_export_shape(variant))}], file)
+        driven = subprocess.run([os.environ["DCE_ONNX2TF_PYTHON"], os.path.join(HERE, "onnx2tf_run.py"), listing],
+                                cwd=folder, capture_output=True, text=True, timeout=600)
+        if driven.returncode != 0:
+            results.update({(variant.name, index): f"onnx2tf_run.py exited with {driven.returncode}: "
+                            f"{_last_lines(driven, 1)}" for index in range(len(inputs))})
+            continue
+        with open(listing + ".results") as file:
+            found = json.load(file)
+        results.update({_job(key): value if isinstance(value, str) else np.load(value["npy"])
+                        for key, value in found.items()})
+    return results
 
 
 @dataclass(frozen=True)
@@ -351,7 +357,7 @@ TOOLS: list[Tool] = [
     Tool("openvino-f32", _openvino("f32"), package="openvino"),
     Tool("openvino-default-precision", _openvino(None), kind="report", package="openvino"),
     Tool("tract", _tract, package="tract"),
-    Tool("pnnx-ncnn", _ncnn, package="pnnx"),
+    Tool("pnnx-ncnn", _ncnn, fixed_shapes=True, package="pnnx"),
     BatchTool("onnx2tf-tflite", _unused, fixed_shapes=True, package="onnx2tf", batch=run_onnx2tf),
     BatchTool("onnxruntime-web-wasm-chromium", _unused, package="onnxruntime-web", batch=run_ort_web),
 ]
