@@ -41,7 +41,8 @@ def batch_results(exported: dict[str, str], tmp_path_factory: pytest.TempPathFac
     def results(tool: BatchTool) -> dict[Job, np.ndarray | str]:
         if tool.name not in cache:
             assert tool.batch is not None
-            jobs = [(variant, exported[variant.name], tool_inputs(tool, variant)) for variant in VARIANTS]
+            jobs = [(variant, exported[variant.name], tool_inputs(tool, variant))
+                    for variant in VARIANTS if tool.takes(variant)]
             try:
                 cache[tool.name] = tool.batch(jobs, str(tmp_path_factory.mktemp(tool.name)))
             except Exception as error:  # every test of the tool reports the same failure
@@ -74,12 +75,12 @@ class Table:
         variants = [v.name for v in VARIANTS]
         lines = ["| tool (version) | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
         for tool in TOOLS:
-            row = [self.cells.get((tool.name, name), "not run") for name in variants]
+            row = [self.cells.get((tool.name, v.name), "not run" if tool.takes(v) else "-") for v in VARIANTS]
             lines.append(f"| {tool.name} ({version(tool)}) | " + " | ".join(row) + " |")
         lines.append("")
         lines.append("Cells: max |out - torchvision| / max |torchvision| at the export size "
                      "(/ at another size, dynamic variants); 'documented' = a pinned upstream failure "
-                     "the test asserts; [n] = the message below.")
+                     "the test asserts; [n] = the message below; - = not among the tool's variants.")
         lines.extend(f"{i}. {message}" for i, message in enumerate(self.notes, 1))
         return "\n".join(lines) + "\n"
 

@@ -3,16 +3,13 @@
 Runs in onnx2tf's own venv (noxfile.py, ``TOOLCHAIN["onnx2tf"]``), not in the test's: onnx2tf pins
 older onnx, onnxruntime and numpy. Usage: ``python onnx2tf_run.py JOBS.json``; JOBS.json lists
 ``{name, model, inputs: [.npy], shape}``; writes ``JOBS.json.results``: for each "name.index" either
-``{"npy": path}`` of the output (in the ONNX model's layout) or the error's text.
+``{"npy": path}`` of the output (in the ONNX model's layout) or the error's full text.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import re
 import sys
 
 import numpy as np
@@ -23,26 +20,17 @@ SAMPLES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
 def convert(model: str, shape: list[int], folder: str) -> str:
+    """The float32 TFLite file of ``model`` with its input fixed to ``shape`` (kept channels-first)."""
     import onnx2tf
 
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
-            _convert(onnx2tf, model, shape, folder)
-    except BaseException as error:  # onnx2tf calls sys.exit on some failures
-        # onnx2tf prints the ONNX node it failed on; the error's last line says why
-        node = re.findall(r"onnx_op_name: (\S+)", printed.getvalue())
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        raise RuntimeError(f"onnx2tf at node {node[-1] if node else '?'}: {type(error).__name__}: "
-                           f"{lines[-1][:300] if lines else ''}") from error
+        onnx2tf.convert(input_onnx_file_path=model, output_folder_path=folder, non_verbose=True,
+                        overwrite_input_shape=[f"image:{','.join(map(str, shape))}"],
+                        keep_ncw_or_nchw_or_ncdhw_input_names=["image"])
+    except BaseException as error:  # onnx2tf prints what failed, then calls sys.exit
+        raise RuntimeError(f"onnx2tf: {type(error).__name__}: {error}") from error
     name = os.path.splitext(os.path.basename(model))[0]
     return os.path.join(folder, f"{name}_float32.tflite")
-
-
-def _convert(onnx2tf: object, model: str, shape: list[int], folder: str) -> None:
-    onnx2tf.convert(  # type: ignore[attr-defined]input_onnx_file_path=model, output_folder_path=folder, non_verbose=True,
-                    overwrite_input_shape=[f"image:{','.join(map(str, shape))}"],
-                    keep_ncw_or_nchw_or_ncdhw_input_names=["image"])
 
 
 def run(tflite: str, x: np.ndarray) -> np.ndarray:

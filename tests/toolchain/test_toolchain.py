@@ -67,8 +67,11 @@ def _outputs(tool: Tool, variant: Variant, path: str, inputs: list[np.ndarray], 
     return tool.run(path, variant, inputs, folder)
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
-@pytest.mark.parametrize("tool", TOOLS, ids=[t.name for t in TOOLS])
+CASES = [pytest.param(tool, variant, id=f"{tool.name}-{variant.name}")
+         for tool in TOOLS for variant in VARIANTS if tool.takes(variant)]
+
+
+@pytest.mark.parametrize(("tool", "variant"), CASES)
 def test_tool(tool: Tool, variant: Variant, exported: dict[str, str], network: Any,
               batch_results: Callable[[BatchTool], Any], table: Table, tmp_path: Any) -> None:
     inputs = tool_inputs(tool, variant)

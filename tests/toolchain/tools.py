@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ class Tool:
     ordinary convolutions quantized), "report" (runs and gives finite outputs; its error is
     reported, not judged). ``fixed_shapes``: the tool fixes the input shape to the export size, so
     dynamic variants are checked at that size only. ``package``: whose version the table names.
+    ``variants``: the variants it is tested on, when not all (a tool that takes a minute a model).
     """
 
     name: str
@@ -43,6 +45,10 @@ class Tool:
     kind: str = "float32"
     fixed_shapes: bool = False
     package: str = "onnxruntime"
+    variants: Optional[tuple[str, ...]] = None
+
+    def takes(self, variant: Variant) -> bool:
+        return self.variants is None or variant.name in self.variants
 
 
 def _session(model: str | bytes, level: Optional[onnxruntime.GraphOptimizationLevel] = None,
@@ -220,10 +226,18 @@ def _ncnn(path: str, variant: Variant, inputs: list[np.ndarray], folder: str) ->
             extractor.input("in0", ncnn.Mat(np.ascontiguousarray(image)))
             status, out = extractor.extract("out0")
             if status != 0:
-                raise RuntimeError(f"ncnn: extract returned {status}")
+                raise RuntimeError(f"ncnn: extract returned {status}; layers pnnx left without an ncnn "
+                                   f"equivalent: {', '.join(_foreign_layers(param)) or 'none'}")
             images.append(np.array(out))
         outputs.append(np.stack(images))
     return outputs
+
+
+def _foreign_layers(param: str) -> list[str]:
+    """The layer types of an ncnn .param file that ncnn does not have (pnnx's ``torch.*``, ``Tensor.*``...)."""
+    with open(param) as file:
+        types = [line.split()[0] for line in file.readlines()[2:] if line.strip()]
+    return sorted({kind for kind in types if "." in kind})
 
 
 def _last_lines(process: subprocess.CompletedProcess[str], count: int = 3) -> str:
@@ -320,9 +334,28 @@ def run_onnx2tf(jobs: list[tuple[Variant, str, list[np.ndarray]]], folder: str) 
             continue
         with open(listing + ".results") as file:
             found = json.load(file)
-        results.update({_job(key): value if isinstance(value, str) else np.load(value["npy"])
-                        for key, value in found.items()})
+        printed = driven.stdout + driven.stderr
+        results.update({_job(key): _onnx2tf_reason(value, printed) if isinstance(value, str)
+                        else np.load(value["npy"]) for key, value in found.items()})
     return results
+
+
+def _onnx2tf_reason(message: str, printed: str) -> str:
+    """A failed conversion on one line: the node and the cause, from the error and what onnx2tf printed.
+
+    onnx2tf often prints a traceback and exits. The node is the last ``onnx_op_name:`` or TF layer
+    ``name='...'``; the cause the last error line that is not a wrapper ("in user code:",
+    "Exception encountered when calling ...").
+    """
+    if not message.startswith("onnx2tf"):
+        return message.splitlines()[0]
+    text = message + "\n" + printed
+    nodes = re.findall(r"(?:onnx_op_name: |name=')([^'\s]+)", text)
+    causes = [line.strip() for line in text.splitlines()
+              if re.match(r"\s*(\w+(Error|Exception): (?!in user code:|Exception encountered)|Dimensions must|"
+                          r"Cannot reshape)", line)]
+    return (f"onnx2tf at node {nodes[-1] if nodes else '?'}: "
+            f"{causes[-1][:300] if causes else 'exited without saying why'}")
 
 
 @dataclass(frozen=True)
@@ -358,7 +391,11 @@ TOOLS: list[Tool] = [
     Tool("openvino-default-precision", _openvino(None), kind="report", package="openvino"),
     Tool("tract", _tract, package="tract"),
     Tool("pnnx-ncnn", _ncnn, fixed_shapes=True, package="pnnx"),
-    BatchTool("onnx2tf-tflite", _unused, fixed_shapes=True, package="onnx2tf", batch=run_onnx2tf),
+    # onnx2tf takes 20-50 s a model: the default export, and each static one (dynamic variants
+    # are converted at a fixed size anyway)
+    BatchTool("onnx2tf-tflite", _unused, fixed_shapes=True, package="onnx2tf", batch=run_onnx2tf,
+              variants=("dynamo", "dynamo-static-b2", "legacy17-static", "gather_rows-static-b2",
+                        "decomposed-gather_rows-static-b2")),
     BatchTool("onnxruntime-web-wasm-chromium", _unused, package="onnxruntime-web", batch=run_ort_web),
 ]
 
