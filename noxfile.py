@@ -207,7 +207,8 @@ def fuzz(session: nox.Session) -> None:
 #: The deployment tools of the ``toolchain`` session, the one place their versions are written down.
 #: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own, because onnx2tf
 #: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web and the
-#: browser driver (puppeteer 24: 25 needs node 22), in a folder outside the clone. "apt": Debian's browser the web runtime runs in.
+#: browser driver (puppeteer 24: 25 needs node 22), in a folder outside the clone. "apt": Debian's
+#: browser the web runtime runs in, and node.
 TOOLCHAIN = {
     "python": ["onnxsim==0.8.1", "onnxslim==0.1.98", "onnxconverter-common==1.16.0", "openvino==2026.4.0",
                "tract==0.23.9", "pnnx==20261020", "ncnn==1.0.20261020"],

@@ -114,7 +114,8 @@ def _from_initializer(model: onnx.ModelProto, name: str, initializers: set[str])
     node = producers.get(name)
     if node is None:
         return False
-    return node.op_type == "Constant" or all(_from_initializer(model, i, initializers) for i in node.input if i)
+    return node.op_type == "Constant" or all(_from_initializer(model, name, initializers)
+                                             for name in node.input if name)
 
 
 def _reaches(model: onnx.ModelProto, start: onnx.NodeProto, targets: set[str]) -> bool:
@@ -138,7 +139,8 @@ def _reaches(model: onnx.ModelProto, start: onnx.NodeProto, targets: set[str]) -
 class _Images(CalibrationDataReader):
     def __init__(self) -> None:
         rng = np.random.default_rng(10)
-        self.feeds = iter([{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)])
+        images = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+        self.feeds = iter([{"image": image} for image in images])
 
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
         return next(self.feeds, None)
@@ -155,7 +157,8 @@ def _quantized_errors(model: onnx.ModelProto, folder: str, **options: object) ->
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         with torch.no_grad():
             expected = NETWORK(torch.from_numpy(x)).numpy()
-        errors.append(float(np.abs(session.run(None, {"image": x})[0] - expected).max() / np.abs(expected).max()))
+        got = session.run(None, {"image": x})[0]
+        errors.append(float(np.abs(got - expected).max() / np.abs(expected).max()))
     return errors
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from _pytest.terminal import TerminalReporter
 from models import VARIANTS, Variant, build_model, export_all, make_input
+
 from tools import TOOLS, BatchTool, Job, Tool, version
 
 
@@ -97,7 +98,8 @@ def table(request: pytest.FixtureRequest) -> Table:
     return request.config.stash[_TABLE]
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
     table = config.stash[_TABLE]
     if not table.cells:
         return

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import Table, tool_inputs
 from models import VARIANTS, Variant, reference, relative_error
+
 from tools import TOOLS, BatchTool, Tool, quantize_static, run_onnxruntime
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}

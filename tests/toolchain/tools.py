@@ -234,7 +234,7 @@ def _ncnn(path: str, variant: Variant, inputs: list[np.ndarray], folder: str) ->
 
 
 def _foreign_layers(param: str) -> list[str]:
-    """The layer types of an ncnn .param file that ncnn does not have (pnnx's ``torch.*``, ``Tensor.*``...)."""
+    """The layer types of an ncnn .param file that ncnn lacks (pnnx's ``torch.*``, ``Tensor.*``, ...)."""
     with open(param) as file:
         types = [line.split()[0] for line in file.readlines()[2:] if line.strip()]
     return sorted({kind for kind in types if "." in kind})
@@ -248,7 +248,8 @@ def _last_lines(process: subprocess.CompletedProcess[str], count: int = 3) -> st
 # Tools that start a heavy program (a browser, TensorFlow) run every model in one go: the first test
 # of the tool computes all results, the others read them.
 Job = tuple[str, int]  # (variant name, index of the input)
-BatchRunner = Callable[[list[tuple[Variant, str, list[np.ndarray]]], str], dict[Job, np.ndarray | str]]
+BatchJob = tuple[Variant, str, list[np.ndarray]]  # (variant, ONNX file, inputs)
+BatchRunner = Callable[[list[BatchJob], str], dict[Job, np.ndarray | str]]
 
 
 def _serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, str]:
@@ -272,7 +273,7 @@ def _serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, str]:
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_ort_web(jobs: list[tuple[Variant, str, list[np.ndarray]]], folder: str) -> dict[Job, np.ndarray | str]:
+def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str]:
     """Every model on onnxruntime-web's wasm backend in one headless Chromium, served from 127.0.0.1."""
     modules = os.environ["DCE_NODE_MODULES"]
     os.symlink(os.path.join(modules, "onnxruntime-web", "dist"), os.path.join(folder, "ort"))
@@ -309,7 +310,7 @@ def _job(key: str) -> Job:
     return name, int(index)
 
 
-def run_onnx2tf(jobs: list[tuple[Variant, str, list[np.ndarray]]], folder: str) -> dict[Job, np.ndarray | str]:
+def run_onnx2tf(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str]:
     """Every model through onnx2tf to TFLite, run in TFLite's interpreter, in onnx2tf's own venv.
 
     One process per model: TensorFlow sometimes aborts the process (``free(): invalid pointer``)
@@ -326,8 +327,8 @@ def run_onnx2tf(jobs: list[tuple[Variant, str, list[np.ndarray]]], folder: str) 
         with open(listing, "w") as file:
             json.dump([{"name": variant.name, "model": path, "inputs": data,
                         "shape": list(_export_shape(variant))}], file)
-        driven = subprocess.run([os.environ["DCE_ONNX2TF_PYTHON"], os.path.join(HERE, "onnx2tf_run.py"), listing],
-                                cwd=folder, capture_output=True, text=True, timeout=600)
+        command = [os.environ["DCE_ONNX2TF_PYTHON"], os.path.join(HERE, "onnx2tf_run.py"), listing]
+        driven = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
         if driven.returncode != 0:
             results.update({(variant.name, index): f"onnx2tf_run.py exited with {driven.returncode}: "
                             f"{_last_lines(driven, 1)}" for index in range(len(inputs))})
@@ -352,8 +353,8 @@ def _onnx2tf_reason(message: str, printed: str) -> str:
     text = message + "\n" + printed
     nodes = re.findall(r"(?:onnx_op_name: |name=')([^'\s]+)", text)
     causes = [line.strip() for line in text.splitlines()
-              if re.match(r"\s*(\w+(Error|Exception): (?!in user code:|Exception encountered)|Dimensions must|"
-                          r"Cannot reshape)", line)]
+              if re.match(r"\s*(\w+(Error|Exception): (?!in user code:|Exception encountered)"
+                          r"|Dimensions must|Cannot reshape)", line)]
     return (f"onnx2tf at node {nodes[-1] if nodes else '?'}: "
             f"{causes[-1][:300] if causes else 'exited without saying why'}")
 
