@@ -47,13 +47,13 @@ def _documented(tool: Tool, variant: Variant) -> Optional[Documented]:
 
 
 def _message(error: BaseException) -> str:
-    """The error on one line: its first line and its last (the innermost cause), no backtrace."""
+    """The error on one line: its first line and its last two (the innermost cause), no backtrace."""
     text = str(error).split("Stack backtrace:")[0]  # tract appends Rust's backtrace
     lines = [line.strip()[:250] for line in text.splitlines() if line.strip()]
     if not lines:  # a bare assert: where it failed
         frame = traceback.extract_tb(error.__traceback__)[-1]
         lines = [f"assert in {frame.name} ({os.path.basename(frame.filename)}:{frame.lineno})"]
-    return f"{type(error).__name__}: " + " | ".join(lines[:1] + lines[1:][-1:])
+    return f"{type(error).__name__}: " + " | ".join(lines[:1] + lines[1:][-2:])
 
 
 def _outputs(tool: Tool, variant: Variant, path: str, inputs: list[np.ndarray], folder: str,
