@@ -229,33 +229,41 @@ def _toolchain_folder(session: nox.Session) -> str:
     return folder
 
 
+def _pinned(folder: str, pins: list[str]) -> bool:
+    """Whether ``folder`` was installed with exactly ``pins`` (its ``pins.txt``, written by ``_stamp``)."""
+    stamp = os.path.join(folder, "pins.txt")
+    if not os.path.exists(stamp):
+        return False
+    with open(stamp) as file:
+        return file.read() == "\n".join(pins)
+
+
+def _stamp(folder: str, pins: list[str]) -> None:
+    with open(os.path.join(folder, "pins.txt"), "w") as file:
+        file.write("\n".join(pins))
+
+
 def _install_onnx2tf(session: nox.Session, folder: str) -> str:
     """onnx2tf's own venv (created once, rebuilt when the pins change); returns its python."""
     venv = os.path.join(folder, "onnx2tf")
     python = os.path.join(venv, "bin", "python")
-    stamp = os.path.join(venv, "pins.txt")
-    pins = "\n".join(TOOLCHAIN["onnx2tf"])
-    if not (os.path.exists(stamp) and open(stamp).read() == pins):
+    if not _pinned(venv, TOOLCHAIN["onnx2tf"]):
         session.run_install(os.path.join(session.bin, "python"), "-m", "venv", "--clear", venv, external=True)
         session.run_install(python, "-m", "pip", "install", "--quiet", *TOOLCHAIN["onnx2tf"], external=True,
-                    env={"PIP_NO_CACHE_DIR": "1"})
-        with open(stamp, "w") as file:
-            file.write(pins)
+                            env={"PIP_NO_CACHE_DIR": "1"})
+        _stamp(venv, TOOLCHAIN["onnx2tf"])
     return python
 
 
 def _install_npm(session: nox.Session, folder: str) -> str:
     """onnxruntime-web and puppeteer-core under ``folder/node`` (reinstalled when the pins change)."""
     node = os.path.join(folder, "node")
-    stamp = os.path.join(node, "pins.txt")
-    pins = "\n".join(TOOLCHAIN["npm"])
-    if not (os.path.exists(stamp) and open(stamp).read() == pins):
+    if not _pinned(node, TOOLCHAIN["npm"]):
         os.makedirs(node, exist_ok=True)
         # puppeteer-core downloads no browser: it drives Debian's chromium
         session.run_install("npm", "install", "--prefix", node, "--no-save", "--no-audit", "--no-fund",
-                    *TOOLCHAIN["npm"], external=True)
-        with open(stamp, "w") as file:
-            file.write(pins)
+                            *TOOLCHAIN["npm"], external=True)
+        _stamp(node, TOOLCHAIN["npm"])
     return node
 
 
