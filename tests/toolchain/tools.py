@@ -323,9 +323,12 @@ def run_onnx2tf(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
         for index, x in enumerate(inputs):
             data.append(os.path.join(folder, f"{variant.name}.{index}.npy"))
             np.save(data[-1], x)
+        # onnx2tf overwrites the file it converts with its own simplification: give it a copy
+        model = os.path.join(folder, f"{variant.name}.onnx")
+        shutil.copy(path, model)
         listing = os.path.join(folder, f"{variant.name}.json")
         with open(listing, "w") as file:
-            json.dump([{"name": variant.name, "model": path, "inputs": data,
+            json.dump([{"name": variant.name, "model": model, "inputs": data,
                         "shape": list(_export_shape(variant))}], file)
         command = [os.environ["DCE_ONNX2TF_PYTHON"], os.path.join(HERE, "onnx2tf_run.py"), listing]
         driven = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
