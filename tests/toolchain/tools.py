@@ -348,16 +348,17 @@ def _onnx2tf_reason(message: str, printed: str) -> str:
     """A failed conversion on one line: the node and the cause, from the error and what onnx2tf printed.
 
     onnx2tf often prints a traceback and exits. The node is the last ``onnx_op_name:`` or TF layer
-    ``name='...'``; the cause the last error line that is not a wrapper ("in user code:",
-    "Exception encountered when calling ...").
+    ``name='...'``; the cause the last line after "Exception encountered when calling ...", or else
+    the last error line that is not a wrapper ("in user code:").
     """
     if not message.startswith("onnx2tf"):
         return message.splitlines()[0]
     text = message + "\n" + printed
     nodes = re.findall(r"(?:onnx_op_name: |name=')([^'\s]+)", text)
-    causes = [line.strip() for line in text.splitlines()
-              if re.match(r"\s*(\w+(Error|Exception): (?!in user code:|Exception encountered)"
-                          r"|Dimensions must|Cannot reshape)", line)]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for before, line in zip([""] + lines, lines)
+              if "Exception encountered when calling" in before
+              or re.search(r"\b\w+(Error|Exception): (?!in user code:|Exception encountered)", line)]
     return (f"onnx2tf at node {nodes[-1] if nodes else '?'}: "
             f"{causes[-1][:300] if causes else 'exited without saying why'}")
 
