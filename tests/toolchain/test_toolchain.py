@@ -38,8 +38,36 @@ class Documented:
     message: Optional[str]
 
 
-#: (tool, variant or "*") -> the documented failure.
-DOCUMENTED: dict[tuple[str, str], Documented] = {}
+_NCNN = Documented("ncnn has no comparison or Where layers (README, Deploying); open in issue 11",
+                   r"layers pnnx left without an ncnn equivalent: .*torch\.where")
+_TRACT = Documented("tract cannot prove the padded input's Reshape volume with symbolic sizes; "
+                    "workaround: static sizes (onnxsim overwrite_input_shapes) or grid_sample",
+                    r"Reshape volume mismatch")
+_ONNX2TF_GRID_SAMPLE = Documented("onnx2tf's GridSample conversion squeezes the grid's last axis; open in issue 11",
+                                  r"Can not squeeze dim\[3\]")
+
+#: (tool, variant or "*") -> the documented failure. An error must match its message (another error
+#: fails the test); a tool that no longer fails is judged like any other result.
+DOCUMENTED: dict[tuple[str, str], Documented] = {
+    ("pnnx-ncnn", "*"): _NCNN,
+    **{("tract", variant): _TRACT for variant in ("dynamo-gathernd", "legacy13", "gather_rows", "gathernd",
+                                                  "gatherelements")},
+    ("onnx2tf-tflite", "dynamo"): _ONNX2TF_GRID_SAMPLE,
+    ("onnx2tf-tflite", "legacy17-static"): _ONNX2TF_GRID_SAMPLE,
+    ("onnx2tf-tflite", "dynamo-static-b2"): Documented(
+        "onnx2tf converts the dynamo export with a static batch of 2 into a wrong model; open in issue 11", None),
+    ("onnx2tf-tflite", "gather_rows-static-b2"): Documented(
+        "onnx2tf's channels-last relayout breaks the gather lowering's index Add; open in issue 11",
+        r"Dimensions must be equal, but are 9 and 4"),
+    ("onnx2tf-tflite", "decomposed-gather_rows-static-b2"): Documented(
+        "onnx2tf loses a shape in the coordinate arithmetic; open in issue 11", r"has no attribute 'shape'"),
+    ("onnxslim", "dynamo-gathernd"): Documented(
+        "onnxslim's shape inference removes the Reshape before the kernel MatMul; workaround: fixed "
+        "input shapes, or onnxsim", r"Incompatible dimensions for matrix multiplication"),
+    ("ort-quantize-static-qdq", "dynamo-gathernd"): Documented(
+        "quantized coordinates move a gather index out of the image; workaround: "
+        "nodes_to_exclude=sampling_nodes(model)", r"invalid index found"),
+}
 
 
 def _documented(tool: Tool, variant: Variant) -> Optional[Documented]:
