@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import onnx
 
-from .decomposition import LOWERINGS
+from .lowering import LOWERINGS
 from .params import DeformConvExportError, show_shape
 from .verify import ShapeOverrides
 

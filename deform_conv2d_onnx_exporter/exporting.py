@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto
 
 from . import torchscript_adapter, versions
-from .decomposition import LoweringOptions
+from .lowering import LoweringOptions
 from .onnxscript_adapter import translation_function
 from .params import DeformConvExportError
 

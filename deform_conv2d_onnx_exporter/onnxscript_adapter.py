@@ -12,10 +12,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import decomposition
-from .decomposition import NATIVE_MIN_OPSET, LoweringOptions
+from .decomposition import emit_call
 from .emitter import Attribute, Emitter
+from .lowering import LoweringOptions
 from .params import DeformConvExportError
+from .schema import DeformConv2dCall, with_schema_signature
 
 #: The opset of the operators this adapter writes. The exporter converts the model to its
 #: target opset (18 on torch 2.6 - 2.8, 20 from torch 2.9) afterwards.
@@ -37,17 +38,21 @@ def _onnxscript() -> Any:
 class OnnxScriptEmitter(Emitter[Any]):
     """Emits through onnxscript's opset while the dynamo exporter traces the function."""
 
+    path = "dynamo"
+
     def __init__(self, opset: int = OPSET) -> None:
         onnxscript, self._ir = _onnxscript()
-        self.opset = opset
+        super().__init__(opset)
         self._ops = onnxscript.values.Opset("", opset)
 
-    def op(self, op_type: str, *inputs: Any, **attributes: Attribute) -> Any:
-        return getattr(self._ops, op_type)(*inputs, **attributes)
+    def _node(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Attribute], name: str) -> Any:
+        out = getattr(self._ops, op_type)(*inputs, **attributes)
+        # the exporter keeps a traced node's name, making it unique with a suffix
+        out.producer().name = f"deform_conv2d/{name}"
+        return out
 
-    def constant(self, array: np.ndarray) -> Any:
-        # np.ascontiguousarray would turn a scalar into shape (1,); Range needs true scalars
-        return self._ops.Constant(value=self._ir.tensor(np.array(array, order="C")))
+    def _constant(self, array: np.ndarray) -> Any:
+        return self._ops.Constant(value=self._ir.tensor(array))
 
     def static_shape(self, value: Any) -> Optional[Sequence[Optional[int]]]:
         if value.shape is None:
@@ -94,31 +99,11 @@ def translation_function(options: LoweringOptions) -> Callable[..., Any]:
     """The function for ``custom_translation_table``, for already-resolved options."""
     _onnxscript()
     # DeformConv exists from opset 19; the decompositions use opset-18 operators.
-    opset = NATIVE_MIN_OPSET if options.lowering == "native" else OPSET
+    opset = max(OPSET, options.min_opset())
 
-    # The exporter derives the ONNX signature from the annotations: the int and bool ones
-    # become attributes, and the unannotated tensors become inputs of any type.
-    def torchvision_deform_conv2d(
-        input,  # noqa: ANN001
-        weight,  # noqa: ANN001
-        offset,  # noqa: ANN001
-        mask,  # noqa: ANN001
-        bias,  # noqa: ANN001
-        stride_h: int,
-        stride_w: int,
-        pad_h: int,
-        pad_w: int,
-        dilation_h: int,
-        dilation_w: int,
-        groups: int,
-        offset_groups: int,
-        use_mask: bool,
-    ) -> Any:
-        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
-        e = OnnxScriptEmitter(opset)
-        return decomposition.torchvision_deform_conv2d(
-            e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
-            dilation_h, dilation_w, groups, offset_groups, use_mask,
-        )
+    def deform_conv2d_translation(*args: Any, **kwargs: Any) -> Any:
+        return emit_call(OnnxScriptEmitter(opset), options, DeformConv2dCall.bind(*args, **kwargs))
 
-    return torchvision_deform_conv2d
+    # The exporter derives the ONNX signature from the function's: the annotated ints and bools
+    # become attributes, the unannotated tensors inputs of any type.
+    return with_schema_signature(deform_conv2d_translation)
