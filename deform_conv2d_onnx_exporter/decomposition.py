@@ -349,7 +349,7 @@ def _gather(read_corners: CornerReader[V], graph: _Graph[V], params: DeformConvP
     (K*C, Cout) instead of transposing the (much larger) columns.
     """
     with graph.section("coordinates"):
-        y, x = _sampling_points(graph, params, tensors.offset)  # (B, L, K, og) each
+        y, x = _sampling_points(graph, params, tensors.offset)  # (B, L, K*og) each
         y, x = _move_outside_samples(graph, y, x)
         modulation = None if tensors.mask is None else _modulation(graph, params, tensors.mask)
         index, corner_weight = _bilinear_corners(graph, params, y, x, modulation)  # (B, L, K*og, 4) each
@@ -369,7 +369,10 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
         offset: (B, og*K*2, oh, ow).
 
     Returns:
-        (y, x), each (B, L, K, og): taps before offset groups, as the kernel reads channels.
+        (y, x), each (B, L, K*og): taps before offset groups, as the kernel reads channels. The
+        last axis is not og alone: ONNX Runtime's elementwise kernels are an order of magnitude
+        slower on a tensor whose last axis has size 1 (og = 1), and the rest of the coordinate
+        arithmetic runs on these.
     """
     og, taps, positions = params.offset_groups, params.taps, graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B, og, K*2, L) -> (B, L, K*2, og)
@@ -382,14 +385,17 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
             "Slice", offset, graph.int64([axis]), graph.int64([2 * taps]), graph.int64([2]), graph.int64([2])
         )
         regular = _regular_grid(graph, params, axis, taps_first=False)  # (L, K, 1)
-        points.append(graph.op("Add", delta, regular))
+        point = graph.op("Add", delta, regular)  # (B, L, K, og)
+        points.append(graph.reshape(point, [graph.batch, positions, taps * og]))
     return points[0], points[1]
 
 
 def _modulation(graph: _Graph[V], params: DeformConvParams, mask: V) -> V:
-    """dm: (B, og*K, oh, ow) -> (B, og, K, L) -> (B, L, K, og)."""
-    mask = graph.reshape(mask, [graph.batch, params.offset_groups, params.taps, graph.positions])
-    return graph.op("Transpose", mask, perm=[0, 3, 2, 1])
+    """dm: (B, og*K, oh, ow) -> (B, og, K, L) -> (B, L, K, og) -> (B, L, K*og)."""
+    og, taps = params.offset_groups, params.taps
+    mask = graph.reshape(mask, [graph.batch, og, taps, graph.positions])
+    mask = graph.op("Transpose", mask, perm=[0, 3, 2, 1])
+    return graph.reshape(mask, [graph.batch, graph.positions, taps * og])
 
 
 def _move_outside_samples(graph: _Graph[V], y: V, x: V) -> tuple[V, V]:
@@ -398,7 +404,7 @@ def _move_outside_samples(graph: _Graph[V], y: V, x: V) -> tuple[V, V]:
     There all four corners are in the padding, so every gather reads zeros for them.
 
     Args:
-        y, x: (B, L, K, og), unpadded frame.
+        y, x: (B, L, K*og), unpadded frame.
 
     Returns:
         (y, x), the same shapes.
@@ -420,8 +426,8 @@ def _bilinear_corners(
     """The four corners of every sample, as rows of :func:`_pixel_rows`, and their weights.
 
     Args:
-        y, x: (B, L, K, og), unpadded frame, inside the window or at (-2, -2).
-        modulation: (B, L, K, og) or None.
+        y, x: (B, L, K*og), unpadded frame, inside the window or at (-2, -2).
+        modulation: (B, L, K*og) or None.
 
     Returns:
         index: (B, L, K*og, 4) int64, the row within its image of each corner, corners ordered
@@ -436,7 +442,7 @@ def _bilinear_corners(
     hy, hx = graph.op("Sub", one, ly), graph.op("Sub", one, lx)
     if modulation is not None:
         hy, ly = graph.op("Mul", hy, modulation), graph.op("Mul", ly, modulation)
-    # each weight (B, L, K, og) -> (B, L, K*og, 1), side by side in corner order
+    # each weight (B, L, K*og) -> (B, L, K*og, 1), side by side in corner order
     weights = [graph.reshape(graph.op("Mul", wy, wx), flat) for wy in (hy, ly) for wx in (hx, lx)]
     weight = graph.op("Concat", *weights, axis=3)
 
@@ -446,7 +452,8 @@ def _bilinear_corners(
     col = graph.op("Add", graph.op("Cast", x0, to=TensorProto.INT64), graph.int64(_PAD_BEFORE))
     top_left = graph.op("Add", graph.op("Mul", row, graph.as_value(padded_width)), col)
     if og > 1:
-        top_left = graph.op("Add", graph.op("Mul", top_left, graph.int64(og)), graph.int64(np.arange(og)))
+        groups = np.tile(np.arange(og), params.taps)  # the group of each of the K*og samples
+        top_left = graph.op("Add", graph.op("Mul", top_left, graph.int64(og)), graph.int64(groups))
     top_left = graph.reshape(top_left, flat)  # (B, L, K*og, 1)
     # the four corners are og, Wp*og and (Wp + 1)*og rows after the top-left one
     if isinstance(padded_width, int):
