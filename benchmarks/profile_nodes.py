@@ -6,7 +6,7 @@ beside the session's median run time. Nodes whose share is below ``--min-share``
 one line. A model file can be profiled instead, with random inputs of its static shapes.
 
     python benchmarks/profile_nodes.py                               # default lowering, every shape
-    python benchmarks/profile_nodes.py --lowerings grid_sample gather_rows --shapes 3 4
+    python benchmarks/profile_nodes.py --lowerings grid_sample gather_rows --shapes 3 4 --by-op
     python benchmarks/profile_nodes.py --model some.onnx [--inputs its_inputs.npz]
 """
 
@@ -72,7 +72,13 @@ def profile(path: str, feed: dict[str, np.ndarray], runs: int) -> tuple[float, l
     return statistics.median(run_times[1:] or run_times), nodes
 
 
-def print_profile(title: str, run_ms: float, nodes: list[tuple[str, float]], min_share: float) -> None:
+def print_profile(title: str, run_ms: float, nodes: list[tuple[str, float]], min_share: float,
+                  by_op: bool) -> None:
+    if by_op:
+        per_op: dict[str, float] = collections.defaultdict(float)
+        for name, ms in nodes:
+            per_op[name.split()[0]] += ms
+        nodes = list(per_op.items())
     total = sum(ms for _, ms in nodes)
     print(f"\n{title}: run {run_ms:.2f} ms, nodes {total:.2f} ms")
     rest = 0.0
@@ -103,12 +109,13 @@ def main() -> int:
     parser.add_argument("--min-share", type=float, default=0.01)
     parser.add_argument("--model", help="profile this ONNX file instead")
     parser.add_argument("--inputs", help="an .npz of the model's inputs (default: random)")
+    parser.add_argument("--by-op", action="store_true", help="sum the nodes of each op type")
     args = parser.parse_args()
     print(f"{THREADS} threads, medians of {args.runs} runs; load average {os.getloadavg()[0]:.1f}")
     if args.model:
         feed = dict(np.load(args.inputs)) if args.inputs else random_feed(args.model)
         run_ms, nodes = profile(args.model, feed, args.runs)
-        print_profile(args.model, run_ms, nodes, args.min_share)
+        print_profile(args.model, run_ms, nodes, args.min_share, args.by_op)
         return 0
     shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
     for shape in shapes:
@@ -118,7 +125,7 @@ def main() -> int:
                 path = os.path.join(folder, f"{lowering}.onnx")
                 export_lowering(module, inputs, lowering, path)
                 run_ms, nodes = profile(path, inputs, args.runs)
-                print_profile(f"{shape} | {lowering}", run_ms, nodes, args.min_share)
+                print_profile(f"{shape} | {lowering}", run_ms, nodes, args.min_share, args.by_op)
     return 0
 
 
