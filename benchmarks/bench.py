@@ -276,6 +276,24 @@ def print_table(shape: Shape, rows: list[Row]) -> None:
         print(f"  {r.name:<15}" + "".join(cells))
 
 
+def markdown_row(shape: Shape, rows: list[Row]) -> str:
+    """The shape's line of the README's table: ratios to native, wall clock unless said."""
+    by_name = {r.name: r for r in rows}
+    native = by_name["native"]
+
+    def ratio(name: str) -> str:
+        row = by_name[name]
+        return "WRONG" if row.wrong is not None else f"{row.median / native.median:.2f}×"
+
+    lowerings = [r.name for r in rows if r.name not in ("torchvision", "native", "dense conv")]
+    default = by_name[DEFAULT]
+    memory = (default.peak_mb or 0) / (native.peak_mb or 1)
+    cells = [str(shape), f"{native.median:.1f}",
+             *[ratio(name) for name in lowerings], f"{default.cpu_median / native.cpu_median:.2f}×",
+             ratio("torchvision"), ratio("dense conv"), f"{memory:.2f}×"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def geometric_mean(ratios: list[float]) -> float:
     return math.exp(sum(map(math.log, ratios)) / len(ratios))
 
@@ -287,6 +305,7 @@ def main() -> int:
     parser.add_argument("--shapes", type=int, nargs="*", help="indices into SHAPES (default: all)")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--lowerings", nargs="*", default=DECOMPOSITIONS)
+    parser.add_argument("--markdown", action="store_true", help="also print the README's table")
     parser.add_argument("--peak", nargs=2, metavar=("MODEL", "INPUTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak:
@@ -302,10 +321,12 @@ def main() -> int:
     cpu_speed: list[float] = []
     memory: list[float] = []
     wrong = False
+    table: list[str] = []
     for shape in shapes:
         with tempfile.TemporaryDirectory() as folder:
             rows = bench_shape(shape, args.repeats, args.lowerings, folder)
         print_table(shape, rows)
+        table.append(markdown_row(shape, rows))
         by_name = {r.name: r for r in rows}
         wrong = wrong or any(r.wrong is not None for r in rows)
         default = by_name.get(DEFAULT)
@@ -317,6 +338,12 @@ def main() -> int:
         print(f"\n{DEFAULT} / native: geometric mean {geometric_mean(speed):.2f}x, max {max(speed):.2f}x "
               f"(CPU time: {geometric_mean(cpu_speed):.2f}x, max {max(cpu_speed):.2f}x); "
               f"peak memory / native: max {max(memory):.2f}x; load average {os.getloadavg()[0]:.1f}")
+    if args.markdown:
+        names = " | ".join(f"{n} (default)" if n == DEFAULT else n for n in args.lowerings)
+        print(f"\n| shape (B Cin->Cout HxW k s p d g og) | native ms | {names} | {DEFAULT}, CPU time "
+              f"| torchvision eager | dense Conv | peak memory, default / native |")
+        print("|---" * (len(args.lowerings) + 6) + "|")
+        print("\n".join(table))
     return 1 if wrong else 0
 
 
