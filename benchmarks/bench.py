@@ -3,7 +3,9 @@
 For every shape, in one process and interleaved run by run, it times on ONNX Runtime's CPU provider
 (2 intra-op threads, no spinning): torchvision's eager kernel, ORT running native DeformConv, each
 decomposition, and a dense Conv of the same shape (the floor). Each model's output is checked against
-torchvision first; a lowering that is wrong is reported as WRONG, without numbers.
+torchvision first; a lowering that is wrong is reported as WRONG, without numbers. Beside the
+wall-clock ratio, CPU/nat is the ratio of the process's CPU time per call: the work done, which a
+loaded machine disturbs less than the wall clock.
 
 Peak memory is the high-water mark of the resident set of a fresh process that only loads and
 runs that one model (Linux: /proc/self/status VmHWM).
@@ -15,6 +17,7 @@ runs that one model (Linux: /proc/self/status VmHWM).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -144,19 +147,28 @@ def export_dense_conv(shape: Shape, path: str) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
 
 
-def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each runner, timed one call each in turn, after a warm-up."""
+def interleaved_times(
+    runs: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Milliseconds per call of each runner, timed one call each in turn, after a warm-up.
+
+    Returns:
+        (wall-clock, CPU) times: the process's CPU time of a call counts the work of both threads
+        and not the time spent waiting for a core, so it stays comparable on a loaded machine.
+    """
     for run in runs.values():
         start = time.perf_counter()
         while time.perf_counter() - start < 0.05:  # warm up by time, not by count
             run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return wall, cpu
 
 
 def peak_memory_mb(model: str, inputs: str) -> float:
@@ -182,6 +194,7 @@ def _peak_child(model: str, inputs: str) -> None:
 class Row:
     name: str
     times: list[float]
+    cpu_times: list[float] = dataclasses.field(default_factory=list)
     nodes: Optional[int] = None
     export_s: Optional[float] = None
     peak_mb: Optional[float] = None
@@ -190,6 +203,10 @@ class Row:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_times)
 
     @property
     def spread(self) -> float:
@@ -234,28 +251,51 @@ def bench_shape(shape: Shape, repeats: int, lowerings: list[str], folder: str) -
         np.savez(os.path.join(folder, "feed.npz"), **feed)
         row.peak_mb = peak_memory_mb(path, os.path.join(folder, "feed.npz"))
         rows.append(row)
-    times = interleaved_times(runs, repeats)
+    wall, cpu = interleaved_times(runs, repeats)
     for row in rows:
-        row.times = times.get(row.name, [])
+        row.times, row.cpu_times = wall.get(row.name, []), cpu.get(row.name, [])
     return rows
 
 
 def print_table(shape: Shape, rows: list[Row]) -> None:
     by_name = {r.name: r for r in rows}
-    native = by_name["native"].median
+    native, native_cpu = by_name["native"].median, by_name["native"].cpu_median
     dense = by_name["dense conv"].median
     print(f"\n{shape}")
-    print(f"  {'variant':<15}{'median ms':>10}{'IQR ms':>8}{'/native':>9}{'/dense':>8}{'nodes':>7}"
-          f"{'export s':>9}{'peak MB':>9}")
+    print(f"  {'variant':<15}{'median ms':>10}{'IQR ms':>8}{'/native':>9}{'CPU/nat':>9}{'/dense':>8}"
+          f"{'nodes':>7}{'export s':>9}{'peak MB':>9}")
     for r in rows:
         if r.wrong is not None:
             print(f"  {r.name:<15} WRONG: max error {r.wrong:.3g} against torchvision; not timed")
             continue
         cells = [f"{r.median:>10.2f}", f"{r.spread:>8.2f}", f"{r.median / native:>9.2f}",
-                 f"{r.median / dense:>8.2f}", f"{r.nodes if r.nodes is not None else '':>7}",
+                 f"{r.cpu_median / native_cpu:>9.2f}", f"{r.median / dense:>8.2f}",
+                 f"{r.nodes if r.nodes is not None else '':>7}",
                  f"{r.export_s:>9.2f}" if r.export_s is not None else f"{'':>9}",
                  f"{r.peak_mb:>9.0f}" if r.peak_mb is not None else f"{'':>9}"]
         print(f"  {r.name:<15}" + "".join(cells))
+
+
+def markdown_row(shape: Shape, rows: list[Row]) -> str:
+    """The shape's line of the README's table: ratios to native, wall clock unless said."""
+    by_name = {r.name: r for r in rows}
+    native = by_name["native"]
+
+    def ratio(name: str) -> str:
+        row = by_name[name]
+        return "WRONG" if row.wrong is not None else f"{row.median / native.median:.2f}×"
+
+    lowerings = [r.name for r in rows if r.name not in ("torchvision", "native", "dense conv")]
+    default = by_name[DEFAULT]
+    memory = (default.peak_mb or 0) / (native.peak_mb or 1)
+    cells = [str(shape), f"{native.median:.1f}",
+             *[ratio(name) for name in lowerings], f"{default.cpu_median / native.cpu_median:.2f}×",
+             ratio("torchvision"), ratio("dense conv"), f"{memory:.2f}×"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def geometric_mean(ratios: list[float]) -> float:
+    return math.exp(sum(map(math.log, ratios)) / len(ratios))
 
 
 def main() -> int:
@@ -265,6 +305,7 @@ def main() -> int:
     parser.add_argument("--shapes", type=int, nargs="*", help="indices into SHAPES (default: all)")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--lowerings", nargs="*", default=DECOMPOSITIONS)
+    parser.add_argument("--markdown", action="store_true", help="also print the README's table")
     parser.add_argument("--peak", nargs=2, metavar=("MODEL", "INPUTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak:
@@ -274,25 +315,35 @@ def main() -> int:
     import torch
 
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {THREADS} threads, "
-          f"{args.repeats} interleaved runs; medians")
+          f"{args.repeats} interleaved runs; medians; load average {os.getloadavg()[0]:.1f}")
     shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
     speed: list[float] = []
+    cpu_speed: list[float] = []
     memory: list[float] = []
     wrong = False
+    table: list[str] = []
     for shape in shapes:
         with tempfile.TemporaryDirectory() as folder:
             rows = bench_shape(shape, args.repeats, args.lowerings, folder)
         print_table(shape, rows)
+        table.append(markdown_row(shape, rows))
         by_name = {r.name: r for r in rows}
         wrong = wrong or any(r.wrong is not None for r in rows)
         default = by_name.get(DEFAULT)
         if default is not None and default.wrong is None:
             speed.append(default.median / by_name["native"].median)
+            cpu_speed.append(default.cpu_median / by_name["native"].cpu_median)
             memory.append((default.peak_mb or 0) / (by_name["native"].peak_mb or 1))
     if speed:
-        geomean = math.exp(sum(map(math.log, speed)) / len(speed))
-        print(f"\n{DEFAULT} / native: geometric mean {geomean:.2f}x, max {max(speed):.2f}x; "
-              f"peak memory / native: max {max(memory):.2f}x")
+        print(f"\n{DEFAULT} / native: geometric mean {geometric_mean(speed):.2f}x, max {max(speed):.2f}x "
+              f"(CPU time: {geometric_mean(cpu_speed):.2f}x, max {max(cpu_speed):.2f}x); "
+              f"peak memory / native: max {max(memory):.2f}x; load average {os.getloadavg()[0]:.1f}")
+    if args.markdown:
+        names = " | ".join(f"{n} (default)" if n == DEFAULT else n for n in args.lowerings)
+        print(f"\n| shape (B Cin->Cout HxW k s p d g og) | native ms | {names} | {DEFAULT}, CPU time "
+              f"| torchvision eager | dense Conv | peak memory, default / native |")
+        print("|---" * (len(args.lowerings) + 6) + "|")
+        print("\n".join(table))
     return 1 if wrong else 0
 
 

@@ -192,23 +192,85 @@ def _grid_sample(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V
     torchvision's rule; a sample outside the window has all four corners outside and so is zero,
     as torchvision's explicit test makes it (for finite inputs: GridSample still multiplies an
     Inf or NaN pixel by a zero weight at the window's very edge).
+
+    With static sizes, large problems are computed in slices of output positions (see
+    :func:`_position_slices`), so that each slice's columns are still in the cache when the
+    mask and the kernel read them.
     """
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
     images = graph.product(graph.size("B"), og)  # B*og: GridSample samples each offset group's image
+    slices = _position_slices(graph, params)
     with graph.section("coordinates"):
         grid = _normalised_grid(graph, params, tensors.offset)  # (B*og, K, L, 2)
     with graph.section("sampling"):
         image = graph.reshape(tensors.input, [images, cg, graph.size("H"), graph.size("W")])  # (B*og, Cg, H, W)
-        # GridSample-20 renamed the mode "bilinear" to "linear".
-        mode = "linear" if graph.opset >= 20 else "bilinear"
-        columns = graph.op("GridSample", image, grid, mode=mode, padding_mode="zeros", align_corners=0)
-        # columns: (B*og, Cg, K, L)
-        if tensors.mask is not None:
-            # dm: (B, og*K, oh, ow) -> (B*og, 1, K, L)
-            columns = graph.op("Mul", columns, graph.reshape(tensors.mask, [images, 1, taps, graph.positions]))
+        # dm: (B, og*K, oh, ow) -> (B*og, 1, K, L)
+        mask = tensors.mask
+        if mask is not None:
+            mask = graph.reshape(mask, [images, 1, taps, graph.positions])
+    pieces: list[Optional[tuple[int, int]]] = [*slices] if slices else [None]
+    outs = []
+    for bounds in pieces:
+        with graph.section("sampling"):
+            part, part_mask, positions = grid, mask, graph.positions
+            if bounds is not None:
+                first, last = bounds
+                part = _slice(graph, grid, 2, first, last)  # (B*og, K, Lp, 2)
+                part_mask = None if mask is None else _slice(graph, mask, 3, first, last)  # (B*og, 1, K, Lp)
+                positions = last - first
+            # GridSample-20 renamed the mode "bilinear" to "linear".
+            mode = "linear" if graph.opset >= 20 else "bilinear"
+            columns = graph.op("GridSample", image, part, mode=mode, padding_mode="zeros", align_corners=0)
+            # columns: (B*og, Cg, K, Lp)
+            if part_mask is not None:
+                columns = graph.op("Mul", columns, part_mask)
+        with graph.section("convolution"):
+            outs.append(_kernel_times_columns(graph, params, columns, tensors.weight, positions))
     with graph.section("convolution"):
-        out = _kernel_times_columns(graph, params, columns, tensors.weight)
+        out = outs[0] if len(outs) == 1 else graph.op("Concat", *outs, axis=3)  # (B, G, Cout/G, L)
+        out = graph.reshape(out, [graph.size("B"), params.out_channels, graph.size("oh"), graph.size("ow")])
     return _plus_bias(graph, params, out, tensors.bias)
+
+
+#: The size the sampled columns of one slice of output positions aim at: they are written by
+#: GridSample, then read by the mask's Mul and the kernel's MatMul, and run fastest while they fit
+#: in a core's L2 cache (measured with ONNX Runtime 1.32 on a 2 MiB L2; benchmarks/bench.py).
+_SLICE_BYTES = 2 * 1024 * 1024
+#: Fewest output positions in a slice: fewer make the kernel's MatMul too thin to run at speed.
+_SLICE_MIN_POSITIONS = 64
+#: Most slices: each adds a few nodes, and the gain levels off well before.
+_SLICE_MAX = 48
+
+
+def _position_slices(graph: _Graph[V], params: DeformConvParams) -> list[tuple[int, int]]:
+    """Ranges [first, last) of output positions that :func:`_grid_sample` computes one at a time.
+
+    Each slice's columns, (B, C*K, Lp), aim at :data:`_SLICE_BYTES`, and at no less than the
+    kernel, which every slice reads again. The number of positions must be static; with an
+    unknown batch the size of one image's columns counts.
+
+    Returns:
+        The ranges, in order; none when all positions are computed at once.
+    """
+    positions = graph.positions
+    if not isinstance(positions, int):
+        return []
+    size = graph.size("B")
+    batch = size if isinstance(size, int) else 1
+    item = np.dtype(graph.dtype).itemsize
+    columns = batch * params.in_channels * params.taps * positions * item
+    kernel = params.out_channels * params.channels_per_group * params.taps * item
+    count = round(columns / max(_SLICE_BYTES, kernel))
+    count = max(1, min(count, positions // _SLICE_MIN_POSITIONS, _SLICE_MAX))
+    if count == 1:
+        return []
+    bounds = [positions * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _slice(graph: _Graph[V], value: V, axis: int, first: int, last: int) -> V:
+    """value[..., first:last, ...] along ``axis``."""
+    return graph.op("Slice", value, graph.int64([first]), graph.int64([last]), graph.int64([axis]))
 
 
 def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V) -> V:
@@ -218,6 +280,9 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V) -> V
         x_norm = (2x + 1) / W - 1 = dx * 2/W + ((2 (p0 + pk) + 1) / W - 1)
 
     and y_norm likewise over H. Coordinates that are huge, infinite or NaN are set to -3.
+    The arithmetic runs with the positions last, (.., 1, L) and (.., 2, L); one Transpose at the
+    end puts (x, y) last, as GridSample reads them. (ONNX Runtime's elementwise kernels are an
+    order of magnitude slower on tensors whose last axis has size 1 or 2.)
 
     Args:
         offset: (B, og*K*2, oh, ow).
@@ -231,44 +296,47 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V) -> V
     offset = graph.reshape(offset, [images, taps, 2, positions])
     coordinates = []
     for axis, size in ((1, graph.size("W")), (0, graph.size("H"))):  # x, then y: GridSample's order
-        # delta: (B*og, K, 1, L) -> (B*og, K, L, 1), the same memory order
-        delta = graph.op("Gather", offset, graph.int64([axis]), axis=2)
-        delta = graph.reshape(delta, [images, taps, positions, 1])
-        # scale 2/W and base (2 (p0 + pk) + 1) / W - 1, the latter (K, L, 1)
+        delta = graph.op("Gather", offset, graph.int64([axis]), axis=2)  # (B*og, K, 1, L)
+        # scale 2/W and base (2 (p0 + pk) + 1) / W - 1, the latter (K, 1, L)
         static = _static_regular_grid(graph, params, axis, taps_first=True)
         if static is not None and isinstance(size, int):
-            scale, base = graph.floats(2.0 / size), graph.floats((2.0 * static + 1.0) / size - 1.0)
+            base = ((2.0 * static + 1.0) / size - 1.0).reshape(taps, 1, -1)
+            scale, base_value = graph.floats(2.0 / size), graph.floats(base)
         else:
             float_size = graph.as_float(size)
             scale = graph.op("Div", graph.floats(2.0), float_size)
             regular = _regular_grid(graph, params, axis, taps_first=True)
             doubled = graph.op("Add", graph.op("Mul", regular, graph.floats(2.0)), graph.floats(1.0))
-            base = graph.op("Sub", graph.op("Div", doubled, float_size), graph.floats(1.0))
-        coordinates.append(graph.op("Add", graph.op("Mul", delta, scale), base))  # (B*og, K, L, 1)
-    grid = graph.op("Concat", *coordinates, axis=3)  # (B*og, K, L, 2)
+            base_value = graph.op("Sub", graph.op("Div", doubled, float_size), graph.floats(1.0))
+            base_value = graph.reshape(base_value, [taps, 1, positions])
+        coordinates.append(graph.op("Add", graph.op("Mul", delta, scale), base_value))  # (B*og, K, 1, L)
+    grid = graph.op("Concat", *coordinates, axis=2)  # (B*og, K, 2, L)
     # GridSample turns a huge, infinite or NaN coordinate into an out-of-range integer and then
     # reads some pixel. |x_norm| >= 3 is far outside the image whatever its size, so such
     # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
     within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
-    return graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
+    grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
+    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2)
 
 
-def _kernel_times_columns(graph: _Graph[V], params: DeformConvParams, columns: V, weight: V) -> V:
+def _kernel_times_columns(
+    graph: _Graph[V], params: DeformConvParams, columns: V, weight: V, positions: Dim[V]
+) -> V:
     """The grouped 1x1 product of the kernel with the sampled columns.
 
     Args:
-        columns: (B*og, Cg, K, L); its memory order is (B, C, K, L) = (B, G, C/G*K, L).
+        columns: (B*og, Cg, K, Lp); its memory order is (B, C, K, Lp) = (B, G, C/G*K, Lp).
         weight: (Cout, C/G, kh, kw).
+        positions: Lp, the output positions in ``columns``.
 
     Returns:
-        (B, Cout, oh, ow), without bias.
+        (B, G, Cout/G, Lp), without bias.
     """
     groups, cout = params.groups, params.out_channels
     reduced = params.channels_per_group * params.taps
-    columns = graph.reshape(columns, [graph.size("B"), groups, reduced, graph.positions])  # (B, G, C/G*K, L)
+    columns = graph.reshape(columns, [graph.size("B"), groups, reduced, positions])  # (B, G, C/G*K, Lp)
     kernel = graph.reshape(weight, [groups, cout // groups, reduced])  # (G, Cout/G, C/G*K)
-    out = graph.op("MatMul", kernel, columns)  # (B, G, Cout/G, L)
-    return graph.reshape(out, [graph.size("B"), cout, graph.size("oh"), graph.size("ow")])
+    return graph.op("MatMul", kernel, columns)  # (B, G, Cout/G, Lp)
 
 
 # --- gather_rows, gathernd, gatherelements ---------------------------------------------------------
@@ -285,7 +353,7 @@ def _gather(read_corners: CornerReader[V], graph: _Graph[V], params: DeformConvP
     (K*C, Cout) instead of transposing the (much larger) columns.
     """
     with graph.section("coordinates"):
-        y, x = _sampling_points(graph, params, tensors.offset)  # (B, L, K, og) each
+        y, x = _sampling_points(graph, params, tensors.offset)  # (B, L, K*og) each
         y, x = _move_outside_samples(graph, y, x)
         modulation = None if tensors.mask is None else _modulation(graph, params, tensors.mask)
         index, corner_weight = _bilinear_corners(graph, params, y, x, modulation)  # (B, L, K*og, 4) each
@@ -305,7 +373,10 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
         offset: (B, og*K*2, oh, ow).
 
     Returns:
-        (y, x), each (B, L, K, og): taps before offset groups, as the kernel reads channels.
+        (y, x), each (B, L, K*og): taps before offset groups, as the kernel reads channels. The
+        last axis is not og alone: ONNX Runtime's elementwise kernels are an order of magnitude
+        slower on a tensor whose last axis has size 1 (og = 1), and the rest of the coordinate
+        arithmetic runs on these.
     """
     og, taps, positions = params.offset_groups, params.taps, graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B, og, K*2, L) -> (B, L, K*2, og)
@@ -318,14 +389,17 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
             "Slice", offset, graph.int64([axis]), graph.int64([2 * taps]), graph.int64([2]), graph.int64([2])
         )
         regular = _regular_grid(graph, params, axis, taps_first=False)  # (L, K, 1)
-        points.append(graph.op("Add", delta, regular))
+        point = graph.op("Add", delta, regular)  # (B, L, K, og)
+        points.append(graph.reshape(point, [graph.size("B"), positions, taps * og]))
     return points[0], points[1]
 
 
 def _modulation(graph: _Graph[V], params: DeformConvParams, mask: V) -> V:
-    """dm: (B, og*K, oh, ow) -> (B, og, K, L) -> (B, L, K, og)."""
-    mask = graph.reshape(mask, [graph.size("B"), params.offset_groups, params.taps, graph.positions])
-    return graph.op("Transpose", mask, perm=[0, 3, 2, 1])
+    """dm: (B, og*K, oh, ow) -> (B, og, K, L) -> (B, L, K, og) -> (B, L, K*og)."""
+    og, taps = params.offset_groups, params.taps
+    mask = graph.reshape(mask, [graph.size("B"), og, taps, graph.positions])
+    mask = graph.op("Transpose", mask, perm=[0, 3, 2, 1])
+    return graph.reshape(mask, [graph.size("B"), graph.positions, taps * og])
 
 
 def _move_outside_samples(graph: _Graph[V], y: V, x: V) -> tuple[V, V]:
@@ -334,7 +408,7 @@ def _move_outside_samples(graph: _Graph[V], y: V, x: V) -> tuple[V, V]:
     There all four corners are in the padding, so every gather reads zeros for them.
 
     Args:
-        y, x: (B, L, K, og), unpadded frame.
+        y, x: (B, L, K*og), unpadded frame.
 
     Returns:
         (y, x), the same shapes.
@@ -356,8 +430,8 @@ def _bilinear_corners(
     """The four corners of every sample, as rows of :func:`_pixel_rows`, and their weights.
 
     Args:
-        y, x: (B, L, K, og), unpadded frame, inside the window or at (-2, -2).
-        modulation: (B, L, K, og) or None.
+        y, x: (B, L, K*og), unpadded frame, inside the window or at (-2, -2).
+        modulation: (B, L, K*og) or None.
 
     Returns:
         index: (B, L, K*og, 4) int64, the row within its image of each corner, corners ordered
@@ -372,7 +446,7 @@ def _bilinear_corners(
     hy, hx = graph.op("Sub", one, ly), graph.op("Sub", one, lx)
     if modulation is not None:
         hy, ly = graph.op("Mul", hy, modulation), graph.op("Mul", ly, modulation)
-    # each weight (B, L, K, og) -> (B, L, K*og, 1), side by side in corner order
+    # each weight (B, L, K*og) -> (B, L, K*og, 1), side by side in corner order
     weights = [graph.reshape(graph.op("Mul", wy, wx), flat) for wy in (hy, ly) for wx in (hx, lx)]
     weight = graph.op("Concat", *weights, axis=3)
 
@@ -382,7 +456,8 @@ def _bilinear_corners(
     col = graph.op("Add", graph.op("Cast", x0, to=TensorProto.INT64), graph.int64(_PAD_BEFORE))
     top_left = graph.op("Add", graph.op("Mul", row, graph.as_value(padded_width)), col)
     if og > 1:
-        top_left = graph.op("Add", graph.op("Mul", top_left, graph.int64(og)), graph.int64(np.arange(og)))
+        groups = np.tile(np.arange(og), params.taps)  # the group of each of the K*og samples
+        top_left = graph.op("Add", graph.op("Mul", top_left, graph.int64(og)), graph.int64(groups))
     top_left = graph.reshape(top_left, flat)  # (B, L, K*og, 1)
     # the four corners are og, Wp*og and (Wp + 1)*og rows after the top-left one
     if isinstance(padded_width, int):

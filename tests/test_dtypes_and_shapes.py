@@ -173,3 +173,26 @@ def test_wide_images_float32(width: int) -> None:
     assert_matches(rows, expected, torch.float32)
     grid = run(export(module, inputs, "legacy", "grid_sample", names), names, inputs)
     assert float(np.abs(grid - exact).max()) <= 3 * torchvision_error
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", [
+    Case(in_channels=8, out_channels=4, height=112, width=112, groups=2, offset_groups=2, batch=2),
+    Case(in_channels=8, out_channels=4, height=111, width=117, stride=(1, 2), mask=False, batch=2),
+], ids=str)
+def test_grid_sample_in_slices_of_positions(exporter: str, case: Case) -> None:
+    """With static sizes, grid_sample computes a large problem a slice of output positions at a time
+    (uneven slices in the second case): the same numbers as in one piece (dynamic sizes), whose error
+    at this width is GridSample's coordinate round trip (test_wide_images_float32)."""
+    module, names, inputs = DeformConvCall(case), input_names(case), make_inputs(case)
+    sliced = export(module, inputs, exporter, "grid_sample", names)
+    whole = export(module, inputs, exporter, "grid_sample", names, dynamic=True)
+    sliced_ops = [node.op_type for node in onnx.load_from_string(sliced).graph.node]
+    whole_ops = [node.op_type for node in onnx.load_from_string(whole).graph.node]
+    assert sliced_ops.count("GridSample") > 1, "the case is too small to be sliced"
+    assert whole_ops.count("GridSample") == 1
+    got = run(sliced, names, inputs)
+    np.testing.assert_array_equal(got, run(whole, names, inputs))
+    exact = copy.deepcopy(module).double()(*(t.double() for t in inputs)).detach().numpy()
+    torchvision_error = float(np.abs(module(*inputs).detach().numpy() - exact).max())
+    assert float(np.abs(got - exact).max()) <= 3 * torchvision_error
