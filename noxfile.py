@@ -58,8 +58,8 @@ class Stack:
 #: 0.1.0 cannot convert the dynamo exporter's opset on torch 2.6, and onnx's reference evaluator
 #: needs fixes before 1.23: see tests/test_edge_cases.py); numpy 1 before torch 2.6; from torch
 #: 2.6 on, an onnxruntime that runs native DeformConv without crashing on NaN offsets (>= 1.26).
-#: The last pair is the ``tests`` session's; the
-#: others are ``matrix-<torch>``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
+#: ``DEV`` is the ``tests`` session's pair (installed from this machine's local files); every other
+#: one is ``matrix(<torch>)``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
 #: Python 3.11 wheel.
 STACKS = [
     Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.15.1", onnxscript="0.2.7"),
@@ -70,9 +70,11 @@ STACKS = [
           onnx_ir="1.1.0"),
     Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
           onnx_ir="1.1.0"),
+    Stack("2.15.0", "0.29.2", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
+          onnx_ir="1.1.0"),
 ]
-NEWEST = STACKS[-1]
-OLDER = {stack.torch: stack for stack in STACKS[:-1]}
+DEV = next(stack for stack in STACKS if stack.torch == "2.14.1")
+OTHERS = {stack.torch: stack for stack in STACKS if stack is not DEV}
 
 
 def _install(session: nox.Session, stack: Stack, extra: str) -> None:
@@ -125,14 +127,14 @@ def _add_session_facts(session: nox.Session, path: str, started: float) -> None:
 def tests(session: nox.Session) -> None:
     """ruff, mypy, then the test suite on the newest torch; extra arguments go to pytest."""
     started = time.monotonic()
-    _install(session, NEWEST, "test,dev")
+    _install(session, DEV, "torch,test,dev")
     session.run("ruff", "check", ".")
     session.run("mypy")
-    _pytest(session, NEWEST, started, "--durations=15", *session.posargs)
+    _pytest(session, DEV, started, "--durations=15", *session.posargs)
 
 
 @nox.session(python="3.11")
-@nox.parametrize("torch", list(OLDER), ids=list(OLDER))
+@nox.parametrize("torch", list(OTHERS), ids=list(OTHERS))
 def matrix(session: nox.Session, torch: str) -> None:
     """The test suite on an older torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
 
@@ -140,8 +142,8 @@ def matrix(session: nox.Session, torch: str) -> None:
     (tests/paths.py); extra arguments go to pytest.
     """
     started = time.monotonic()
-    stack = OLDER[torch]
-    _install(session, stack, "test")
+    stack = OTHERS[torch]
+    _install(session, stack, "torch,test")
     _pytest(session, stack, started, *session.posargs)
 
 
@@ -183,20 +185,20 @@ def openvino(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def sweep(session: nox.Session) -> None:
     """The cartesian configuration sweep (hundreds of exports per exporter; about an hour)."""
-    _install(session, NEWEST, "test")
+    _install(session, DEV, "torch,test")
     session.run("python", "-m", "pytest", "-q", "--full-sweep", "tests/test_sweep.py", *session.posargs)
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """The speed and memory benchmark (benchmarks/bench.py); extra arguments go to it."""
-    _install(session, NEWEST, "ort")
+    _install(session, DEV, "torch,ort")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(python="3.11")
 def fuzz(session: nox.Session) -> None:
     """The property-based tests with 500 random examples instead of CI's fixed 60."""
-    _install(session, NEWEST, "test")
+    _install(session, DEV, "torch,test")
     session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
                 *session.posargs)
