@@ -110,3 +110,11 @@ def _from_torchlib_with_defaults(cls: Any, *args: Any, **kwargs: Any) -> Any:
         if packet is not None:
             registry.register_op(packet.default, translation_for_opset(registry.opset_version))
     return registry
+
+
+def has_legacy_exporter() -> bool:
+    """The installed torch still has the TorchScript exporter (``dynamo=False``): torch <= 2.15.
+
+    Its symbolic registry is the sign: torch 1.13 - 2.15 define ``register_custom_op_symbolic``.
+    """
+    return hasattr(torch.onnx, "register_custom_op_symbolic")

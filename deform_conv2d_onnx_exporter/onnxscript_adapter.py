@@ -115,6 +115,7 @@ def translation_function(options: LoweringOptions) -> Callable[..., Any]:
         use_mask: bool,
     ) -> Any:
         """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
+        groups, offset_groups = _static_group_counts(input, weight, offset, groups, offset_groups)
         e = OnnxScriptEmitter(opset)
         return decomposition.torchvision_deform_conv2d(
             e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
@@ -122,3 +123,49 @@ def translation_function(options: LoweringOptions) -> Callable[..., Any]:
         )
 
     return torchvision_deform_conv2d
+
+
+def _static_group_counts(
+    input: Any, weight: Any, offset: Any, groups: Any, offset_groups: Any
+) -> tuple[Any, Any]:
+    """``groups`` and ``offset_groups`` as ints where the static shapes determine them.
+
+    torchvision computes them from channel counts: ``groups = input.shape[1] // weight.shape[1]``
+    and ``offset_groups = offset.shape[1] // (2 * kh * kw)``. When the dynamo exporter traced a
+    channel count as an expression of the dynamic sizes (a reshape with -1 over the height and
+    width), it hands over that expression, a symbolic scalar, instead of the int.
+
+    Raises:
+        DeformConvExportError: a count that stays symbolic, with the channel count it came from
+            and the ``dynamic_shapes`` that make it static.
+    """
+    input_shape, weight_shape, offset_shape = (_dims(v) for v in (input, weight, offset))
+    if not isinstance(offset_groups, int) and weight_shape[2:] and offset_shape[1:2]:
+        kh, kw, channels = weight_shape[2], weight_shape[3], offset_shape[1]
+        if isinstance(kh, int) and isinstance(kw, int) and isinstance(channels, int):
+            offset_groups = channels // (2 * kh * kw)
+    if not isinstance(groups, int) and weight_shape[1:2] and input_shape[1:2]:
+        channels, group_channels = input_shape[1], weight_shape[1]
+        if isinstance(channels, int) and isinstance(group_channels, int):
+            groups = channels // group_channels
+    for name, count, channels, formula in (
+        ("groups", groups, input_shape[1:2], "input.shape[1] // weight.shape[1]"),
+        ("offset_groups", offset_groups, offset_shape[1:2], "offset.shape[1] // (2 * kh * kw)"),
+    ):
+        if not isinstance(count, int):
+            raise DeformConvExportError(
+                f"{name}: expected an int, got a symbolic value ({formula}, with channels "
+                f"{channels[0] if channels else 'of unknown count'}): the dynamo exporter traced a "
+                f"channel count as an expression of the dynamic sizes, as after a reshape with -1 "
+                f"over height and width (x.view(b, -1, h // 4, w // 4)). Declare those sizes as "
+                f"multiples in dynamic_shapes (for example {{2: 4 * Dim('hq'), 3: 4 * Dim('wq')}} "
+                f"with torch.export.Dim) so that the channel count is a number, or use dynamo=False"
+            )
+    return groups, offset_groups
+
+
+def _dims(value: Any) -> list[Any]:
+    """The dimensions of an exporter value: ints, or the expressions (str) of symbolic ones."""
+    if value is None or getattr(value, "shape", None) is None:
+        return []
+    return [d if isinstance(d, int) else str(getattr(d, "value", d)) for d in value.shape]
