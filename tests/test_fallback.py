@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,7 +113,10 @@ def test_default_export_falls_back_to_the_legacy_exporter(tmp_path: Path) -> Non
         _run_matches(path, module, torch.randn(*size))
 
 
+# torch 2.6 - 2.8's dynamo exporter falls back by itself to other ways of capturing the model
+# (torch.jit.trace among them) and exports LoggingAlignment; from 2.9 it refuses it.
 @pytest.mark.dynamo
+@pytest.mark.dynamo_default
 def test_explicit_dynamo_never_falls_back(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings(record=True) as caught:
@@ -164,10 +168,13 @@ def test_symbolic_channel_count_names_the_dynamic_shapes_that_avoid_it(tmp_path:
     module, path = SymbolicChannels().eval(), tmp_path / "model.onnx"
     x = torch.randn(2, 3, 16, 20)
     plain = ({0: Dim("batch", max=64), 2: Dim("h", min=4), 3: Dim("w", min=4)},)
-    with pytest.raises(dce.DeformConvExportError,
-                       match=r"groups: expected an int, got a symbolic value .*4 \* Dim\('hq'\)"):
+    try:
         dce.export(module, (x,), str(path), dynamo=True, dynamic_shapes=plain)
-    assert not path.exists()
+    except dce.DeformConvExportError as error:  # torch 2.14 and 2.15
+        assert re.match(r"groups: expected an int, got a symbolic value .*4 \* Dim\('hq'\)", str(error))
+        assert not path.exists()
+    else:  # torch 2.9 specialises the channel count to the example's
+        _run_matches(path, module, x)
     multiples = ({0: Dim("batch", max=64), 2: 2 * Dim("hq", min=2), 3: 2 * Dim("wq", min=2)},)
     dce.export(module, (x,), str(path), dynamo=True, dynamic_shapes=multiples)
     for size in [(2, 3, 16, 20), (1, 3, 10, 6)]:
