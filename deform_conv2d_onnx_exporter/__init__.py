@@ -8,7 +8,8 @@ See README.md for usage. The public API:
 - :func:`export`: either, chosen by the installed torch;
 - :func:`decompose_model`: rewrite the DeformConv nodes of an existing ONNX model (no torch needed).
 
-The torch entry points are imported on first use, so that rewriting ONNX files works without torch.
+The torch entry points are imported on first use, so that rewriting ONNX files works without torch
+(a plain ``pip install deform_conv2d_onnx_exporter``; the exporters need the extra ``[torch]``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .params import DeformConvExportError
 from .rewrite import Decomposed, decompose_model
+from .versions import missing_torch_message
 
 if TYPE_CHECKING:
     from .exporting import export
@@ -52,6 +54,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEEDS_TORCH:
-        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _NEEDS_TORCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module(_NEEDS_TORCH[name], __name__)
+    except ModuleNotFoundError as error:
+        message = missing_torch_message(f"{__name__}.{name}", error)
+        if message is None:
+            raise
+        raise ModuleNotFoundError(message, name=error.name) from None
+    return getattr(module, name)

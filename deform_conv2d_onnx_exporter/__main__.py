@@ -18,6 +18,7 @@ import onnx
 from .decomposition import LOWERINGS
 from .params import DeformConvExportError, show_shape
 from .verify import ShapeOverrides
+from .versions import missing_torch_message
 
 PROG = "deform-conv2d-onnx"
 #: The demo's and verify's pass mark for float32 (the test suite's tolerance).
@@ -223,9 +224,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
+    try:
+        import torch
 
-    from . import demo as demo_module
+        from . import demo as demo_module
+    except ModuleNotFoundError as missing:
+        message = missing_torch_message("demo", missing)
+        if message is None:
+            raise
+        raise CommandError(message) from missing
 
     warnings.simplefilter("ignore")  # the exporters' deprecation chatter hides the result
     print(f"torch {torch.__version__}; DCNv2 backbone, exported with dynamic batch/height/width")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import decomposition
+from . import decomposition, versions
 from .decomposition import NATIVE_MIN_OPSET, LoweringOptions
 from .emitter import Attribute, Emitter
 from .params import DeformConvExportError
@@ -29,7 +29,7 @@ def _onnxscript() -> Any:
     except ImportError as error:
         raise DeformConvExportError(
             "onnxscript: the dynamo exporter path needs the package onnxscript "
-            f"(pip install onnxscript), got ImportError: {error}"
+            f"(pip install '{versions.TORCH_EXTRA}'), got ImportError: {error}"
         ) from error
     return onnxscript, ir
 

@@ -66,6 +66,23 @@ CPU_FLOAT16_MATMUL = Version("2.1")
 ONNXRUNTIME_DEFORMCONV = Version("1.25")
 
 
+#: What a plain ``pip install deform_conv2d_onnx_exporter`` leaves out: the exporters' packages,
+#: installed with the extra ``[torch]`` (pyproject.toml).
+TORCH_EXTRA = "deform_conv2d_onnx_exporter[torch]"
+TORCH_PACKAGES = ("torch", "torchvision", "onnxscript")
+
+
+def missing_torch_message(what: str, error: ModuleNotFoundError) -> Optional[str]:
+    """One line saying that ``what`` needs the ``[torch]`` extra, if ``error`` is a missing package of it.
+
+    None when ``error`` is about another module (a real bug, to be raised as it is).
+    """
+    package = (error.name or "").split(".")[0]
+    if package not in TORCH_PACKAGES:
+        return None
+    return f"{what} needs {package}, which is not installed: pip install '{TORCH_EXTRA}'"
+
+
 def _release(version: str) -> Version:
     """``version`` without local or dev tags: ``"2.6.0+cpu"`` -> 2.6.0."""
     return Version(Version(version).base_version)
