@@ -7,8 +7,9 @@ Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
 which is also why linting runs in the test environment rather than in one of its own.
 
-Every test run writes what it ran to ``tools/matrix-results/<torch>.json``;
-``python tools/support_table.py`` renders README's support table from those files.
+Every full test run writes what it ran to ``tools/matrix-results/last-run/<torch>.json`` (not
+tracked by git); ``nox -s support_table`` checks README's support table and the tracked
+``tools/matrix-results/<torch>.json`` against them, and ``nox -s support_table -- --write`` updates both.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ nox.options.envdir = os.environ.get(
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
-RESULTS = os.path.join("tools", "matrix-results")
+RESULTS = os.path.join("tools", "matrix-results", "last-run")
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,14 @@ def _pytest(session: nox.Session, stack: Stack, started: float, *args: str) -> N
     """Run pytest, then add the session's wall time and environment size to its results file.
 
     A run given a selection of tests (extra arguments) writes no results: they describe the suite.
+    The results go to ``RESULTS``, outside what git tracks, so that running the tests changes no
+    tracked file.
     """
     if session.posargs:
         session.run("python", "-m", "pytest", "-q", *args)
         return
     os.makedirs(RESULTS, exist_ok=True)
     results = os.path.join(RESULTS, f"{stack.torch}.json")
-    # pytest writes beside the previous results, which the suite reads (tests/test_support_table.py)
     fresh = results + ".new"
     if os.path.exists(fresh):
         os.remove(fresh)
@@ -149,9 +151,10 @@ def matrix(session: nox.Session, torch: str) -> None:
 
 @nox.session(venv_backend="none")
 def support_table(session: nox.Session) -> None:
-    """Check README's support table against tools/matrix-results (``-- --write`` rewrites it)."""
+    """Check README's support table and tools/matrix-results against the last runs (``-- --write``
+    takes the last runs' results instead)."""
     write = "--write" in session.posargs
-    session.run(sys.executable, "tools/support_table.py", *([] if write else ["--check"]))
+    session.run(sys.executable, "tools/support_table.py", "--write" if write else "--check")
 
 
 def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
