@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .params import DeformConvExportError
 from .rewrite import Decomposed, decompose_model
-from .versions import missing_torch_message
+from .versions import missing_extra_message
 
 if TYPE_CHECKING:
     from .exporting import export
@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
     try:
         module = importlib.import_module(_NEEDS_TORCH[name], __name__)
     except ModuleNotFoundError as error:
-        message = missing_torch_message(f"{__name__}.{name}", error)
+        message = missing_extra_message(f"{__name__}.{name}", error)
         if message is None:
             raise
         raise ModuleNotFoundError(message, name=error.name) from None

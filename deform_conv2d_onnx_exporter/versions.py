@@ -66,21 +66,22 @@ CPU_FLOAT16_MATMUL = Version("2.1")
 ONNXRUNTIME_DEFORMCONV = Version("1.25")
 
 
-#: What a plain ``pip install deform_conv2d_onnx_exporter`` leaves out: the exporters' packages,
-#: installed with the extra ``[torch]`` (pyproject.toml).
+#: What a plain ``pip install deform_conv2d_onnx_exporter`` leaves out, and the extra
+#: (pyproject.toml) that installs it: the exporters' packages, and ONNX Runtime for ``verify``.
+EXTRA_OF_PACKAGE = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "onnxruntime": "ort"}
 TORCH_EXTRA = "deform_conv2d_onnx_exporter[torch]"
-TORCH_PACKAGES = ("torch", "torchvision", "onnxscript")
 
 
-def missing_torch_message(what: str, error: ModuleNotFoundError) -> Optional[str]:
-    """One line saying that ``what`` needs the ``[torch]`` extra, if ``error`` is a missing package of it.
+def missing_extra_message(what: str, error: ModuleNotFoundError) -> Optional[str]:
+    """One line saying which extra ``what`` needs, if ``error`` is a package an extra installs.
 
     None when ``error`` is about another module (a real bug, to be raised as it is).
     """
     package = (error.name or "").split(".")[0]
-    if package not in TORCH_PACKAGES:
+    if package not in EXTRA_OF_PACKAGE:
         return None
-    return f"{what} needs {package}, which is not installed: pip install '{TORCH_EXTRA}'"
+    extra = f"deform_conv2d_onnx_exporter[{EXTRA_OF_PACKAGE[package]}]"
+    return f"{what} needs {package}, which is not installed: pip install '{extra}'"
 
 
 def _release(version: str) -> Version:
