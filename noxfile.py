@@ -1,6 +1,7 @@
-"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest), ``matrix`` (the test suite on
-each older torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
-property-based examples), and two runtimes that need environments of their own, without torch:
+"""Sessions: ``tests`` (ruff, mypy, pytest on torch 2.14.1), ``matrix`` (the test suite on each other
+torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
+property-based examples), ``plain_install`` (a new environment with the package alone: no torch,
+a working command line), and two runtimes that need environments of their own, without torch:
 ``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``.
 
 Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
@@ -158,11 +159,9 @@ def support_table(session: nox.Session) -> None:
 
 
 def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
-    # The ONNX-file path needs no torch: the package goes in without its dependencies, and the
-    # environment stays small (no torch, several GB) and quick to create. hypothesis: conftest.py
-    # registers its profiles.
-    session.install("onnx>=1.17", "numpy", "packaging>=21", "pytest>=7", "hypothesis>=6", *runtimes)
-    session.install("--no-deps", "-e", ".")
+    # The ONNX-file path needs no torch, and a plain install brings none: the environment stays
+    # small (no torch, several GB) and quick to create. hypothesis: conftest.py registers its profiles.
+    session.install("-e", ".", "pytest>=7", "hypothesis>=6", *runtimes)
 
 
 #: The rewrite tests that import no torch, and pytest options for them: pyproject's warning
@@ -183,6 +182,33 @@ def openvino(session: nox.Session) -> None:
     """Rewritten models on OpenVINO's CPU plugin (which has no DeformConv), in float32."""
     _install_without_torch(session, "openvino==2026.4.0", "onnxruntime")
     session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, "tests/test_runtimes.py", *session.posargs)
+
+
+#: Fails if torch was installed: a plain install must not pull it (several GB).
+_NO_TORCH = ("import importlib.util, sys; "
+             "sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)")
+
+
+@nox.session(python="3.11", reuse_venv=False)
+def plain_install(session: nox.Session) -> None:
+    """``pip install deform_conv2d_onnx_exporter`` (from this clone) in a new environment: no torch
+    comes with it, ``decompose`` and ``info`` work, and ``demo`` and ``verify`` (without
+    onnxruntime) say in one line which extra they need."""
+    session.install(".")
+    session.run("python", "-c", _NO_TORCH)
+    tmp = session.create_tmp()
+    model, out = os.path.join(tmp, "dcn.onnx"), os.path.join(tmp, "out.onnx")
+    session.run("python", "-c", "import sys; sys.path.insert(0, 'tests'); import onnx, onnx_models; "
+                f"onnx.save(onnx_models.build(onnx_models.NodeCase()), {model!r})")
+    session.run("deform-conv2d-onnx", "--version")
+    session.run("deform-conv2d-onnx", "info", model)
+    session.run("deform-conv2d-onnx", "decompose", model, out)
+    for command, extra in ((["demo"], "torch"), (["verify", out, "--reference", model], "ort")):
+        output = session.run("deform-conv2d-onnx", *command, success_codes=[1], silent=True)
+        expected = f"deform_conv2d_onnx_exporter[{extra}]"
+        if not isinstance(output, str) or output.count("\n") != 1 or expected not in output:
+            session.error(f"{command[0]}: expected one line naming {expected}, got {output!r}")
+        session.log(output.strip())
 
 
 @nox.session(python="3.11")
