@@ -41,7 +41,8 @@ _SCALAR_TYPES = {
 
 
 class DeformConvWarning(UserWarning):
-    """A call that works but probably does not do what the user meant."""
+    """A call that works, but not quite as asked: an ``export`` that fell back to the legacy
+    exporter, or a registration that the default exporter of the installed torch cannot see."""
 
 
 class TorchScriptEmitter(Emitter[Value]):
