@@ -3,9 +3,11 @@
 Nothing else in the package imports from ``torch.onnx`` beyond its public functions
 (``export``, ``register_custom_op_symbolic``, ``unregister_custom_op_symbolic``) or touches
 ``torch._C``; the one change to torch's state beyond those, the dynamo exporter's default
-translation (:func:`set_dynamo_default_translation`), is undone by passing None. Each function below runs unchanged on every release the test matrix covers
-(torch 2.0.1, 2.2.2, 2.4.1, 2.6.0, 2.9.1, 2.14.1, 2.15.0; README "Supported versions"); the
-releases beside each branch say where the API exists, which reaches back to 1.13 in places.
+translation (:func:`set_dynamo_default_translation`), is undone by passing None.
+
+Each function below runs unchanged on every release the test matrix covers (torch 2.0.1, 2.2.2,
+2.4.1, 2.6.0, 2.9.1, 2.14.1, 2.15.0; README "Supported versions"); the releases beside each branch
+say where the API exists, which reaches back to 1.13 in places.
 """
 
 from __future__ import annotations
