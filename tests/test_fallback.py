@@ -194,3 +194,14 @@ def test_group_counts_come_from_static_shapes_where_they_can() -> None:
     assert _static_group_counts(_value(2, "s1", 8, 8), weight, _value(2, 18, 8, 8), 2, symbolic) == (2, 1)
     with pytest.raises(dce.DeformConvExportError, match=r"offset_groups: .*with channels s3\*2"):
         _static_group_counts(_value(2, 12, 8, 8), weight, _value(2, "s3*2", 8, 8), symbolic, symbolic)
+
+
+def test_legacy_exporter_takes_dynamic_shapes_as_dynamic_axes(tmp_path: Path) -> None:
+    module, path = LoggingAlignment().eval(), tmp_path / "model.onnx"
+    # by forward's parameter name, with names as strings (torch 2.0 has no torch.export.Dim)
+    dce.export(module, (torch.randn(2, 4, 12, 10),), str(path), dynamo=False,
+               dynamic_shapes={"x": {0: "batch", 2: "height", 3: "width"}})
+    (graph_input,) = onnx.load(str(path)).graph.input
+    dims = [d.dim_param for d in graph_input.type.tensor_type.shape.dim]
+    assert (graph_input.name, dims) == ("x", ["batch", "", "height", "width"])
+    _run_matches(path, module, torch.randn(3, 4, 7, 9))
