@@ -103,22 +103,23 @@ def _export_dynamo_or_legacy(
 
     No fallback with a ``custom_translation_table`` (the legacy exporter cannot use it), for our
     own errors (the legacy exporter would refuse the same call), or on a torch without a legacy
-    exporter. ``before_fallback`` deletes what the failed export wrote.
+    exporter. ``before_fallback`` deletes what the failed export wrote. If the legacy exporter
+    fails too, its error is raised, with the dynamo exporter's as its context.
     """
     try:
         return _export_dynamo(model, args, f, options, capabilities, custom_translation_table, kwargs)
     except Exception as error:
         if not fallback or custom_translation_table or not _fallback_allowed(error):
             raise
-        legacy_kwargs = _legacy_kwargs(model, args, kwargs)
+        before_fallback()
+        result = _export_legacy(model, args, f, options, capabilities, _legacy_kwargs(model, args, kwargs))
         warnings.warn(
             f"export: the dynamo exporter failed ({_first_line(error)}); exported with the "
             f"legacy exporter instead (pass dynamo=True to get the dynamo exporter's error)",
             DeformConvWarning,
             stacklevel=4,
         )
-        before_fallback()
-        return _export_legacy(model, args, f, options, capabilities, legacy_kwargs)
+        return result
 
 
 def _export_dynamo(
