@@ -17,7 +17,7 @@ import onnx
 
 from . import __version__
 from . import verify as verify_module
-from .decomposition import LOWERINGS
+from .lowering import LOWERINGS
 from .params import DeformConvExportError, show_shape
 from .verify import ShapeOverrides
 from .versions import missing_extra_message

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto
 
 from . import _torch_compat, torchscript_adapter, versions
-from .decomposition import LoweringOptions
+from .lowering import LoweringOptions
 from .onnxscript_adapter import translation_function
 from .params import DeformConvExportError
 from .torchscript_adapter import DeformConvWarning

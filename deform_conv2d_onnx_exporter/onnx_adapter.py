@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .decomposition import LoweringOptions, deform_conv2d
+from .decomposition import deform_conv2d
 from .emitter import Attribute, Emitter
+from .lowering import LoweringOptions
 from .params import DeformConvExportError, DeformConvParams, StaticShape, show_shape
 
 #: What shape inference told about a tensor: (element type or None, shape or None).
@@ -33,6 +34,8 @@ class OnnxGraphEmitter(Emitter[str]):
         prefix: the start of every new node's name (the replaced node's name).
     """
 
+    path = "rewrite"
+
     def __init__(
         self,
         opset: int,
@@ -40,28 +43,24 @@ class OnnxGraphEmitter(Emitter[str]):
         fresh_name: Callable[[str], str],
         prefix: str,
     ) -> None:
-        self.opset = opset
+        super().__init__(opset)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self._facts = dict(facts)
+        self._facts = facts
         self._fresh_name = fresh_name
         self._prefix = prefix
 
-    def op(self, op_type: str, *inputs: str, **attributes: Attribute) -> str:
-        name = self._fresh_name(f"{self._prefix}/{op_type}")
+    def _node(self, op_type: str, inputs: Sequence[str], attributes: dict[str, Attribute], name: str) -> str:
+        # the node and its only output share one fresh name: <DeformConv node>/<section>/<op_type>
+        name = self._fresh_name(f"{self._prefix}/{name}")
         node = helper.make_node(op_type, list(inputs), [name], name=name)
         node.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attributes.items()))
         self.nodes.append(node)
-        to = attributes.get("to")
-        if op_type == "Cast" and isinstance(to, int):
-            # The core reads the shape of an input it has cast to its compute dtype.
-            self._facts[name] = (to, self.static_shape(inputs[0]))
         return name
 
-    def constant(self, array: np.ndarray) -> str:
+    def _constant(self, array: np.ndarray) -> str:
         name = self._fresh_name(f"{self._prefix}/const")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        self._facts[name] = (helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
     def static_shape(self, value: str) -> StaticShape:

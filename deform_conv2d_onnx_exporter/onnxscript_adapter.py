@@ -8,14 +8,17 @@ The exporter calls it while tracing, with ``onnxscript.ir.Value`` inputs (the pa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import decomposition, versions
-from .decomposition import NATIVE_MIN_OPSET, LoweringOptions
+from . import versions
+from .decomposition import emit_call
 from .emitter import Attribute, Emitter
+from .lowering import LoweringOptions
 from .params import DeformConvExportError
+from .schema import DeformConv2dCall, with_schema_signature
 
 #: The opset of the operators this adapter writes. The exporter converts the model to its
 #: target opset (18 on torch 2.6 - 2.8, 20 from torch 2.9) afterwards.
@@ -37,17 +40,21 @@ def _onnxscript() -> Any:
 class OnnxScriptEmitter(Emitter[Any]):
     """Emits through onnxscript's opset while the dynamo exporter traces the function."""
 
+    path = "dynamo"
+
     def __init__(self, opset: int = OPSET) -> None:
         onnxscript, self._ir = _onnxscript()
-        self.opset = opset
+        super().__init__(opset)
         self._ops = onnxscript.values.Opset("", opset)
 
-    def op(self, op_type: str, *inputs: Any, **attributes: Attribute) -> Any:
-        return getattr(self._ops, op_type)(*inputs, **attributes)
+    def _node(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Attribute], name: str) -> Any:
+        out = getattr(self._ops, op_type)(*inputs, **attributes)
+        # the exporter keeps a traced node's name, making it unique with a suffix
+        out.producer().name = f"deform_conv2d/{name}"
+        return out
 
-    def constant(self, array: np.ndarray) -> Any:
-        # np.ascontiguousarray would turn a scalar into shape (1,); Range needs true scalars
-        return self._ops.Constant(value=self._ir.tensor(np.array(array, order="C")))
+    def _constant(self, array: np.ndarray) -> Any:
+        return self._ops.Constant(value=self._ir.tensor(array))
 
     def static_shape(self, value: Any) -> Optional[Sequence[Optional[int]]]:
         if value.shape is None:
@@ -94,41 +101,19 @@ def translation_function(options: LoweringOptions) -> Callable[..., Any]:
     """The function for ``custom_translation_table``, for already-resolved options."""
     _onnxscript()
     # DeformConv exists from opset 19; the decompositions use opset-18 operators.
-    opset = NATIVE_MIN_OPSET if options.lowering == "native" else OPSET
+    opset = max(OPSET, options.min_opset())
 
-    # The exporter derives the ONNX signature from the annotations: the int and bool ones
-    # become attributes, and the unannotated tensors become inputs of any type.
-    def torchvision_deform_conv2d(
-        input,  # noqa: ANN001
-        weight,  # noqa: ANN001
-        offset,  # noqa: ANN001
-        mask,  # noqa: ANN001
-        bias,  # noqa: ANN001
-        stride_h: int,
-        stride_w: int,
-        pad_h: int,
-        pad_w: int,
-        dilation_h: int,
-        dilation_w: int,
-        groups: int,
-        offset_groups: int,
-        use_mask: bool,
-    ) -> Any:
-        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
-        groups, offset_groups = _static_group_counts(input, weight, offset, groups, offset_groups)
-        e = OnnxScriptEmitter(opset)
-        return decomposition.torchvision_deform_conv2d(
-            e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
-            dilation_h, dilation_w, groups, offset_groups, use_mask,
-        )
+    def deform_conv2d_translation(*args: Any, **kwargs: Any) -> Any:
+        call = _static_group_counts(DeformConv2dCall.bind(*args, **kwargs))
+        return emit_call(OnnxScriptEmitter(opset), options, call)
 
-    return torchvision_deform_conv2d
+    # The exporter derives the ONNX signature from the function's: the annotated ints and bools
+    # become attributes, the unannotated tensors inputs of any type.
+    return with_schema_signature(deform_conv2d_translation)
 
 
-def _static_group_counts(
-    input: Any, weight: Any, offset: Any, groups: Any, offset_groups: Any
-) -> tuple[Any, Any]:
-    """``groups`` and ``offset_groups`` as ints where the static shapes determine them.
+def _static_group_counts(call: DeformConv2dCall[Any]) -> DeformConv2dCall[Any]:
+    """``call`` with ``groups`` and ``offset_groups`` as ints where the static shapes determine them.
 
     torchvision computes them from channel counts: ``groups = input.shape[1] // weight.shape[1]``
     and ``offset_groups = offset.shape[1] // (2 * kh * kw)``. When the dynamo exporter traced a
@@ -139,7 +124,8 @@ def _static_group_counts(
         DeformConvExportError: a count that stays symbolic, with the channel count it came from
             and the ``dynamic_shapes`` that make it static.
     """
-    input_shape, weight_shape, offset_shape = (_dims(v) for v in (input, weight, offset))
+    input_shape, weight_shape, offset_shape = (_dims(v) for v in (call.input, call.weight, call.offset))
+    groups, offset_groups = call.groups, call.offset_groups
     if not isinstance(offset_groups, int) and weight_shape[2:] and offset_shape[1:2]:
         kh, kw, channels = weight_shape[2], weight_shape[3], offset_shape[1]
         if isinstance(kh, int) and isinstance(kw, int) and isinstance(channels, int):
@@ -161,7 +147,7 @@ def _static_group_counts(
                 f"multiples in dynamic_shapes (for example {{2: 4 * Dim('hq'), 3: 4 * Dim('wq')}} "
                 f"with torch.export.Dim) so that the channel count is a number, or use dynamo=False"
             )
-    return groups, offset_groups
+    return dataclasses.replace(call, groups=groups, offset_groups=offset_groups)
 
 
 def _dims(value: Any) -> list[Any]:

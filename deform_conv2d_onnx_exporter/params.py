@@ -102,31 +102,8 @@ class DeformConvParams:
         _check_rank("offset", offset_shape, "(batch, 2 * offset_groups * kh * kw, out_h, out_w)")
         weight = _static_weight_shape(weight_shape)
         out_channels, group_channels, kh, kw = weight
-        in_channels = groups * group_channels
-
-        if out_channels % groups != 0:
-            raise DeformConvExportError(
-                f"weight: out_channels (weight.shape[0]) must be divisible by groups={groups}, "
-                f"got weight.shape={tuple(weight)}"
-            )
-        if input_shape is not None and input_shape[1] is not None and input_shape[1] != in_channels:
-            raise DeformConvExportError(
-                f"input: expected in_channels = groups * weight.shape[1] = {groups} * "
-                f"{group_channels} = {in_channels}, got input.shape[1]={input_shape[1]}"
-            )
-        if in_channels % offset_groups != 0:
-            raise DeformConvExportError(
-                f"offset_groups: in_channels={in_channels} must be divisible by "
-                f"offset_groups={offset_groups}"
-            )
-        taps = kh * kw
-        _check_channels("offset", offset_shape, 2 * offset_groups * taps,
-                        f"2 * offset_groups * kh * kw = 2 * {offset_groups} * {kh} * {kw}")
-        if use_mask:
-            _check_rank("mask", mask_shape, "(batch, offset_groups * kh * kw, out_h, out_w)")
-            _check_channels("mask", mask_shape, offset_groups * taps,
-                            f"offset_groups * kh * kw = {offset_groups} * {kh} * {kw}")
-
+        _check_channel_counts(input_shape, offset_shape, mask_shape if use_mask else None, weight,
+                              groups, offset_groups)
         return cls(
             stride=(int(stride[0]), int(stride[1])),
             padding=(int(padding[0]), int(padding[1])),
@@ -135,9 +112,44 @@ class DeformConvParams:
             offset_groups=int(offset_groups),
             use_mask=bool(use_mask),
             kernel=(kh, kw),
-            in_channels=in_channels,
+            in_channels=groups * group_channels,
             out_channels=out_channels,
         )
+
+
+def _check_channel_counts(
+    input_shape: StaticShape,
+    offset_shape: StaticShape,
+    mask_shape: StaticShape,
+    weight: tuple[int, int, int, int],
+    groups: int,
+    offset_groups: int,
+) -> None:
+    """The channel counts of input, offset and mask (None: not read) against the weight and groups."""
+    out_channels, group_channels, kh, kw = weight
+    in_channels = groups * group_channels
+    if out_channels % groups != 0:
+        raise DeformConvExportError(
+            f"weight: out_channels (weight.shape[0]) must be divisible by groups={groups}, "
+            f"got weight.shape={tuple(weight)}"
+        )
+    if input_shape is not None and input_shape[1] is not None and input_shape[1] != in_channels:
+        raise DeformConvExportError(
+            f"input: expected in_channels = groups * weight.shape[1] = {groups} * "
+            f"{group_channels} = {in_channels}, got input.shape[1]={input_shape[1]}"
+        )
+    if in_channels % offset_groups != 0:
+        raise DeformConvExportError(
+            f"offset_groups: in_channels={in_channels} must be divisible by "
+            f"offset_groups={offset_groups}"
+        )
+    taps = kh * kw
+    _check_channels("offset", offset_shape, 2 * offset_groups * taps,
+                    f"2 * offset_groups * kh * kw = 2 * {offset_groups} * {kh} * {kw}")
+    if mask_shape is not None:
+        _check_rank("mask", mask_shape, "(batch, offset_groups * kh * kw, out_h, out_w)")
+        _check_channels("mask", mask_shape, offset_groups * taps,
+                        f"offset_groups * kh * kw = {offset_groups} * {kh} * {kw}")
 
 
 def _check_pair(name: str, pair: tuple[int, int], *, minimum: int) -> None:

@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import onnx
-from onnx import TensorProto
 
-from .decomposition import LoweringOptions
+from .lowering import DECOMPOSITION_MIN_OPSET, NATIVE_MIN_OPSET, LoweringOptions
 from .onnx_adapter import OnnxGraphEmitter, TensorFacts, params_of, replace_node
 from .params import DeformConvExportError
 
-#: The decompositions use GatherND with batch_dims, new in opset 12.
-MIN_OPSET = 12
 #: Where DeformConv nodes wait while onnx's version converter, which has no DeformConv below
 #: opset 19, converts the rest of the model.
 _PENDING_DOMAIN = "deform_conv2d_onnx_exporter.pending"
@@ -106,47 +103,69 @@ def decompose_model(
     target = source if opset is None else opset
     options = LoweringOptions.from_api(None, enable_openvino_patch, lowering)
     found = list(find_deform_convs(model.graph))
-    main = [f.node for f in found if not f.location]
     nested = [f for f in found if f.location]
-    if not main:
-        inside = f" ({len(nested)} inside subgraphs, which are not rewritten)" if nested else ""
-        raise DeformConvExportError(f"the model has no DeformConv node in its main graph{inside}")
-    if target < MIN_OPSET:
-        raise DeformConvExportError(
-            f"opset: the decomposition needs opset >= {MIN_OPSET} (GatherND with batch_dims), got {target}"
-        )
-    options.resolve(target, TensorProto.FLOAT)  # a lowering the target opset cannot hold fails here
-    if nested and target < 19:
-        raise DeformConvExportError(
-            f"opset: {nested[0].describe()} is inside a subgraph, which is not rewritten, and "
-            f"DeformConv needs opset >= 19, got {target}"
-        )
+    _check_request(len(found) - len(nested), nested, target, options)
 
     facts = tensor_facts(model)
     result = onnx.ModelProto()
     result.CopyFrom(model)
     if target != source:
         result = _convert_other_nodes(result, source, target)
+    rewritten = _replace_deform_convs(result, facts, options, target, len(found) - len(nested), progress)
+    onnx.checker.check_model(result)
+    return Decomposed(result, rewritten, nested)
 
-    fresh_name = _name_factory(result.graph)
+
+def _check_request(main: int, nested: list[FoundNode], target: int, options: LoweringOptions) -> None:
+    """Refuse, before any work, a model or a target opset the rewrite cannot serve.
+
+    Args:
+        main: how many DeformConv nodes the main graph has.
+        nested: the DeformConv nodes inside subgraphs (kept as they are).
+    """
+    if not main:
+        inside = f" ({len(nested)} inside subgraphs, which are not rewritten)" if nested else ""
+        raise DeformConvExportError(f"the model has no DeformConv node in its main graph{inside}")
+    if target < DECOMPOSITION_MIN_OPSET:
+        raise DeformConvExportError(
+            f"opset: the decomposition needs opset >= {DECOMPOSITION_MIN_OPSET} (GatherND with batch_dims), "
+            f"got {target}"
+        )
+    options.check_opset(target)
+    if nested and target < NATIVE_MIN_OPSET:
+        raise DeformConvExportError(
+            f"opset: {nested[0].describe()} is inside a subgraph, which is not rewritten, and "
+            f"DeformConv needs opset >= {NATIVE_MIN_OPSET}, got {target}"
+        )
+
+
+def _replace_deform_convs(
+    model: onnx.ModelProto,
+    facts: dict[str, TensorFacts],
+    options: LoweringOptions,
+    opset: int,
+    total: int,
+    progress: Optional[Callable[[int, int, str], None]],
+) -> list[str]:
+    """Replace every main-graph DeformConv node of ``model``, in place; return their names."""
+    fresh_name = _name_factory(model.graph)
     nodes: list[onnx.NodeProto] = []
     rewritten: list[str] = []
-    for node in result.graph.node:
+    for node in model.graph.node:
         if node.domain not in ("", "ai.onnx", _PENDING_DOMAIN) or node.op_type != "DeformConv":
             nodes.append(node)
             continue
         prefix = node.name or fresh_name("DeformConv")
-        emitter = OnnxGraphEmitter(target, facts, fresh_name, prefix)
+        emitter = OnnxGraphEmitter(opset, facts, fresh_name, prefix)
         replace_node(node, params_of(node, facts), options, emitter)
         nodes.extend(emitter.nodes)
-        result.graph.initializer.extend(emitter.initializers)
+        model.graph.initializer.extend(emitter.initializers)
         rewritten.append(prefix)
         if progress is not None:
-            progress(len(rewritten), len(main), prefix)
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    onnx.checker.check_model(result)
-    return Decomposed(result, rewritten, nested)
+            progress(len(rewritten), total, prefix)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
 
 
 def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:

@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
-from . import _torch_compat, versions
+from . import _torch_compat, schema, versions
 from ._torch_compat import Value
-from .decomposition import NATIVE_MIN_OPSET, LoweringOptions, torchvision_deform_conv2d
+from .decomposition import emit_call
 from .emitter import Attribute, Emitter
+from .lowering import LoweringOptions
 from .params import DeformConvExportError
+from .schema import DeformConv2dCall
 
 OP_NAME = "torchvision::deform_conv2d"
-#: The lowest opset the decomposition is valid in: GatherND with batch_dims arrived in opset 12.
-MIN_OPSET = 12
-#: The symbolic is registered from torch's lowest opset, so that an export below MIN_OPSET
-#: reaches it and gets our error message rather than a generic "not supported".
+#: The symbolic is registered from torch's lowest opset, so that an export below the
+#: decomposition's minimum reaches it and gets our error message rather than a generic one.
 _REGISTERED_FROM_OPSET = 7
 
 _SCALAR_TYPES = {
@@ -48,16 +48,18 @@ class DeformConvWarning(UserWarning):
 class TorchScriptEmitter(Emitter[Value]):
     """Emits into the legacy exporter's graph through its ``GraphContext``."""
 
+    path = "legacy"
+
     def __init__(self, g: Any) -> None:
-        self.g = g
-        self.opset = _torch_compat.graph_opset(g)
+        super().__init__(_torch_compat.graph_opset(g))
+        self._g = g
 
-    def op(self, op_type: str, *inputs: Value, **attributes: Attribute) -> Value:
-        return self.g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()})
+    def _node(self, op_type: str, inputs: Sequence[Value], attributes: dict[str, Attribute], name: str) -> Value:
+        # the exporter names nodes after the module scope; the hint has no place here
+        return self._g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()})
 
-    def constant(self, array: np.ndarray) -> Value:
-        # np.ascontiguousarray would turn a scalar into shape (1,); Range needs true scalars
-        return self.g.op("Constant", value_t=torch.from_numpy(np.array(array, order="C")))
+    def _constant(self, array: np.ndarray) -> Value:
+        return self._g.op("Constant", value_t=torch.from_numpy(array))
 
     def static_shape(self, value: Value) -> Optional[Sequence[Optional[int]]]:
         return _torch_compat.static_sizes(value)
@@ -79,36 +81,10 @@ def _suffixed(name: str, value: Attribute) -> str:
 def make_symbolic(options: LoweringOptions) -> Callable[..., Value]:
     """The symbolic function for ``torchvision::deform_conv2d`` with fixed lowering options."""
 
-    @_torch_compat.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
-    def symbolic(
-        g: Any,
-        input: Value,
-        weight: Value,
-        offset: Value,
-        mask: Value,
-        bias: Value,
-        stride_h: int,
-        stride_w: int,
-        pad_h: int,
-        pad_w: int,
-        dilation_h: int,
-        dilation_w: int,
-        groups: int,
-        offset_groups: int,
-        use_mask: bool,
-    ) -> Value:
-        e = TorchScriptEmitter(g)
-        if e.opset < MIN_OPSET:
-            raise DeformConvExportError(
-                f"opset_version: the deform_conv2d decomposition needs opset >= {MIN_OPSET} "
-                f"(GatherND with batch_dims), got {e.opset}"
-            )
-        return torchvision_deform_conv2d(
-            e, options, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
-            dilation_h, dilation_w, groups, offset_groups, use_mask,
-        )
+    def symbolic(g: Any, *args: Any, **kwargs: Any) -> Value:
+        return emit_call(TorchScriptEmitter(g), options, DeformConv2dCall.bind(*args, **kwargs))
 
-    return symbolic
+    return _torch_compat.parse_args(*schema.PARSE_ARGS)(schema.with_schema_signature(symbolic, "g"))
 
 
 #: The options of our current registration, None when not registered.
@@ -178,7 +154,7 @@ def _dynamo_default(options: Optional[LoweringOptions]) -> bool:
 
     def translation_for_opset(opset: int) -> Callable[..., Any]:
         # The dynamo exporter translates at opset 18 or higher and converts down afterwards.
-        options.resolve(opset, TensorProto.FLOAT)
+        options.check_opset(opset)
         return translation_function(options)
 
     return _torch_compat.set_dynamo_default_translation(OP_NAME, translation_for_opset)
@@ -188,15 +164,15 @@ def check_legacy_lowering(options: LoweringOptions, torch_capabilities: versions
     """Refuse a lowering the legacy exporter of this torch can never write.
 
     Raises:
-        DeformConvExportError: ``lowering="native"`` where the legacy exporter's highest opset
-            is below 19 (torch < 2.2).
+        DeformConvExportError: a lowering that needs a higher opset than the legacy exporter's
+            highest (``native``, opset 19, on torch < 2.2).
     """
-    highest = torch_capabilities.legacy_max_opset
-    if options.lowering == "native" and highest < NATIVE_MIN_OPSET:
+    highest, needed = torch_capabilities.legacy_max_opset, options.min_opset()
+    if highest < needed:
         raise DeformConvExportError(
-            f"lowering: 'native' needs opset >= {NATIVE_MIN_OPSET}, and the legacy exporter of torch "
+            f"lowering: {options.lowering!r} needs opset >= {needed}, and the legacy exporter of torch "
             f"{torch_capabilities.version} writes opsets up to {highest}; choose another lowering "
-            f"or torch >= 2.2"
+            f"or a newer torch"
         )
 
 

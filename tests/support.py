@@ -19,7 +19,7 @@ import torchvision
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter import versions
-from deform_conv2d_onnx_exporter.decomposition import GRID_SAMPLE_MIN_OPSET, NATIVE_MIN_OPSET
+from deform_conv2d_onnx_exporter.lowering import GRID_SAMPLE_MIN_OPSET, NATIVE_MIN_OPSET
 
 Pair = tuple[int, int]
 

@@ -26,7 +26,7 @@ from support import (
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter import _torch_compat, torchscript_adapter, versions
-from deform_conv2d_onnx_exporter.decomposition import LoweringOptions
+from deform_conv2d_onnx_exporter.lowering import LoweringOptions
 
 
 @pytest.fixture(autouse=True)

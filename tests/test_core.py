@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from deform_conv2d_onnx_exporter.decomposition import LoweringOptions, torchvision_deform_conv2d
+from deform_conv2d_onnx_exporter.decomposition import emit_call
 from deform_conv2d_onnx_exporter.emitter import Attribute, Emitter
+from deform_conv2d_onnx_exporter.lowering import LoweringOptions
 from deform_conv2d_onnx_exporter.params import DeformConvExportError
+from deform_conv2d_onnx_exporter.schema import DeformConv2dCall
 
 
 class Value:
@@ -24,15 +26,17 @@ class Value:
 class CountingEmitter(Emitter[Value]):
     """Emits nothing; counts the nodes it was asked for."""
 
+    path = "counting"
+
     def __init__(self, opset: int = 17) -> None:
-        self.opset = opset
+        super().__init__(opset)
         self.nodes: list[str] = []
 
-    def op(self, op_type: str, *inputs: Value, **attributes: Attribute) -> Value:
+    def _node(self, op_type: str, inputs: Sequence[Value], attributes: dict[str, Attribute], name: str) -> Value:
         self.nodes.append(op_type)
         return Value(None, inputs[0].elem_type if inputs else None)
 
-    def constant(self, array: np.ndarray) -> Value:
+    def _constant(self, array: np.ndarray) -> Value:
         return Value(array.shape, TensorProto.FLOAT)
 
     def static_shape(self, value: Value) -> Optional[Sequence[Optional[int]]]:
@@ -44,12 +48,12 @@ class CountingEmitter(Emitter[Value]):
 
 def _call(input_type: Optional[int], lowering: str = "auto") -> CountingEmitter:
     e = CountingEmitter()
-    torchvision_deform_conv2d(
-        e, LoweringOptions(lowering),  # type: ignore[arg-type]
+    call = DeformConv2dCall.bind(
         Value((1, 4, 5, 5), input_type), Value((2, 4, 3, 3), TensorProto.FLOAT),
         Value((1, 18, 5, 5), TensorProto.FLOAT), Value((1, 9, 5, 5), TensorProto.FLOAT),
         Value((2,), TensorProto.FLOAT), 1, 1, 1, 1, 1, 1, 1, 1, True,
     )
+    emit_call(e, LoweringOptions(lowering), call)  # type: ignore[arg-type]
     return e
 
 

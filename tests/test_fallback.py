@@ -20,6 +20,7 @@ from torch.export import Dim
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter.onnxscript_adapter import _static_group_counts
+from deform_conv2d_onnx_exporter.schema import DeformConv2dCall
 
 _log = logging.getLogger(__name__)
 
@@ -186,14 +187,20 @@ def _value(*shape: object) -> SimpleNamespace:
     return SimpleNamespace(shape=list(shape))
 
 
+def _counts(input: SimpleNamespace, offset: SimpleNamespace, groups: object, offset_groups: object) -> tuple:
+    """(groups, offset_groups) of a call with a (8, 6, 3, 3) weight, as the translation sees them."""
+    call = DeformConv2dCall(input, _value(8, 6, 3, 3), offset, None, None, stride=(1, 1), padding=(1, 1),
+                            dilation=(1, 1), groups=groups, offset_groups=offset_groups, use_mask=False)
+    done = _static_group_counts(call)
+    return done.groups, done.offset_groups
+
+
 def test_group_counts_come_from_static_shapes_where_they_can() -> None:
     symbolic = object()  # what the exporter hands over for a count it traced as an expression
-    weight = _value(8, 6, 3, 3)
-    counts = _static_group_counts(_value(2, 12, 8, 8), weight, _value(2, 36, 8, 8), symbolic, symbolic)
-    assert counts == (2, 2)
-    assert _static_group_counts(_value(2, "s1", 8, 8), weight, _value(2, 18, 8, 8), 2, symbolic) == (2, 1)
+    assert _counts(_value(2, 12, 8, 8), _value(2, 36, 8, 8), symbolic, symbolic) == (2, 2)
+    assert _counts(_value(2, "s1", 8, 8), _value(2, 18, 8, 8), 2, symbolic) == (2, 1)
     with pytest.raises(dce.DeformConvExportError, match=r"offset_groups: .*with channels s3\*2"):
-        _static_group_counts(_value(2, 12, 8, 8), weight, _value(2, "s3*2", 8, 8), symbolic, symbolic)
+        _counts(_value(2, 12, 8, 8), _value(2, "s3*2", 8, 8), symbolic, symbolic)
 
 
 def test_legacy_exporter_takes_dynamic_shapes_as_dynamic_axes(tmp_path: Path) -> None:
