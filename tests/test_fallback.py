@@ -1,4 +1,7 @@
-"""``export`` past the dynamo exporter's refusals: no_grad, the legacy fallback, symbolic channel counts."""
+"""``export`` past the dynamo exporter's refusals: no_grad, the legacy fallback, symbolic channel counts.
+
+``torch.export`` (its ``Dim``) is imported inside the tests that use it: torch 2.0 has none.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from support import TOLERANCE
-from torch.export import Dim
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter.onnxscript_adapter import _static_group_counts
@@ -96,6 +98,8 @@ def _our_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 @pytest.mark.dynamo_default
 def test_default_export_falls_back_to_the_legacy_exporter(tmp_path: Path) -> None:
+    from torch.export import Dim
+
     module, path = LoggingAlignment().eval(), tmp_path / "model.onnx"
     shapes = ({0: Dim("batch", max=64), 2: Dim("height", min=4), 3: Dim("width", min=4)},)
     with warnings.catch_warnings(record=True) as caught:
@@ -166,6 +170,8 @@ def test_export_runs_without_autograd_unless_asked(tmp_path: Path, exporter: str
 @pytest.mark.dynamo
 @pytest.mark.symbolic_sizes
 def test_symbolic_channel_count_names_the_dynamic_shapes_that_avoid_it(tmp_path: Path) -> None:
+    from torch.export import Dim
+
     module, path = SymbolicChannels().eval(), tmp_path / "model.onnx"
     x = torch.randn(2, 3, 16, 20)
     plain = ({0: Dim("batch", max=64), 2: Dim("h", min=4), 3: Dim("w", min=4)},)
