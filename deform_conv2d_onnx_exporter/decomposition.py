@@ -57,6 +57,9 @@ _FLOAT_TYPES: dict[int, type[np.floating]] = {
 #: A dimension: a Python int when static, else a 1-D int64 graph value of length 1.
 Dim = Union[int, V]
 
+#: Where :meth:`_Graph.size` reads each size: (B, C, H, W) of the input, (oh, ow) of the offset.
+_SIZES = {"B": ("input", 0), "H": ("input", 2), "W": ("input", 3), "oh": ("offset", 2), "ow": ("offset", 3)}
+
 
 @dataclass(frozen=True)
 class Operands(Generic[V]):
@@ -91,12 +94,12 @@ def emit_call(e: Emitter[V], options: LoweringOptions, call: DeformConv2dCall[V]
         weight_shape=e.static_shape(call.weight),
         offset_shape=e.static_shape(call.offset),
         mask_shape=e.static_shape(call.mask),
-        stride=call.stride,
-        padding=call.padding,
-        dilation=call.dilation,
-        groups=call.groups,
-        offset_groups=call.offset_groups,
-        use_mask=call.use_mask,
+        stride=call.pair("stride"),
+        padding=call.pair("pad"),
+        dilation=call.pair("dilation"),
+        groups=call.constants["groups"],
+        offset_groups=call.constants["offset_groups"],
+        use_mask=call.constants["use_mask"],
     )
     return deform_conv2d(e, params, options, call.input, call.weight, call.offset, call.mask, call.bias)
 
@@ -191,11 +194,11 @@ def _grid_sample(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V
     Inf or NaN pixel by a zero weight at the window's very edge).
     """
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
-    images = graph.product(graph.batch, og)  # B*og: GridSample samples each offset group's image
+    images = graph.product(graph.size("B"), og)  # B*og: GridSample samples each offset group's image
     with graph.section("coordinates"):
         grid = _normalised_grid(graph, params, tensors.offset)  # (B*og, K, L, 2)
     with graph.section("sampling"):
-        image = graph.reshape(tensors.input, [images, cg, graph.height, graph.width])  # (B*og, Cg, H, W)
+        image = graph.reshape(tensors.input, [images, cg, graph.size("H"), graph.size("W")])  # (B*og, Cg, H, W)
         # GridSample-20 renamed the mode "bilinear" to "linear".
         mode = "linear" if graph.opset >= 20 else "bilinear"
         columns = graph.op("GridSample", image, grid, mode=mode, padding_mode="zeros", align_corners=0)
@@ -223,11 +226,11 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V) -> V
         (B*og, K, L, 2).
     """
     og, taps = params.offset_groups, params.taps
-    images, positions = graph.product(graph.batch, og), graph.positions
+    images, positions = graph.product(graph.size("B"), og), graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B*og, K, 2, L)
     offset = graph.reshape(offset, [images, taps, 2, positions])
     coordinates = []
-    for axis, size in ((1, graph.width), (0, graph.height)):  # x, then y: GridSample's order
+    for axis, size in ((1, graph.size("W")), (0, graph.size("H"))):  # x, then y: GridSample's order
         # delta: (B*og, K, 1, L) -> (B*og, K, L, 1), the same memory order
         delta = graph.op("Gather", offset, graph.int64([axis]), axis=2)
         delta = graph.reshape(delta, [images, taps, positions, 1])
@@ -262,10 +265,10 @@ def _kernel_times_columns(graph: _Graph[V], params: DeformConvParams, columns: V
     """
     groups, cout = params.groups, params.out_channels
     reduced = params.channels_per_group * params.taps
-    columns = graph.reshape(columns, [graph.batch, groups, reduced, graph.positions])  # (B, G, C/G*K, L)
+    columns = graph.reshape(columns, [graph.size("B"), groups, reduced, graph.positions])  # (B, G, C/G*K, L)
     kernel = graph.reshape(weight, [groups, cout // groups, reduced])  # (G, Cout/G, C/G*K)
     out = graph.op("MatMul", kernel, columns)  # (B, G, Cout/G, L)
-    return graph.reshape(out, [graph.batch, cout, graph.out_height, graph.out_width])
+    return graph.reshape(out, [graph.size("B"), cout, graph.size("oh"), graph.size("ow")])
 
 
 # --- gather_rows, gathernd, gatherelements ---------------------------------------------------------
@@ -306,7 +309,7 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
     """
     og, taps, positions = params.offset_groups, params.taps, graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B, og, K*2, L) -> (B, L, K*2, og)
-    offset = graph.reshape(offset, [graph.batch, og, taps * 2, positions])
+    offset = graph.reshape(offset, [graph.size("B"), og, taps * 2, positions])
     offset = graph.op("Transpose", offset, perm=[0, 3, 2, 1])
     points = []
     for axis in (0, 1):  # y, then x
@@ -321,7 +324,7 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
 
 def _modulation(graph: _Graph[V], params: DeformConvParams, mask: V) -> V:
     """dm: (B, og*K, oh, ow) -> (B, og, K, L) -> (B, L, K, og)."""
-    mask = graph.reshape(mask, [graph.batch, params.offset_groups, params.taps, graph.positions])
+    mask = graph.reshape(mask, [graph.size("B"), params.offset_groups, params.taps, graph.positions])
     return graph.op("Transpose", mask, perm=[0, 3, 2, 1])
 
 
@@ -337,7 +340,7 @@ def _move_outside_samples(graph: _Graph[V], y: V, x: V) -> tuple[V, V]:
         (y, x), the same shapes.
     """
     minus_one = graph.floats(-1.0)
-    height, width = graph.as_float(graph.height), graph.as_float(graph.width)
+    height, width = graph.as_float(graph.size("H")), graph.as_float(graph.size("W"))
     inside = graph.op(
         "And",
         graph.op("And", graph.op("Greater", y, minus_one), graph.op("Less", y, height)),
@@ -362,7 +365,7 @@ def _bilinear_corners(
         weight: (B, L, K*og, 4), bilinear weight times modulation.
     """
     og = params.offset_groups
-    flat = [graph.batch, graph.positions, params.taps * og, 1]
+    flat = [graph.size("B"), graph.positions, params.taps * og, 1]
     y0, x0 = graph.op("Floor", y), graph.op("Floor", x)
     ly, lx = graph.op("Sub", y, y0), graph.op("Sub", x, x0)  # distance to the top-left corner
     one = graph.floats(1.0)
@@ -374,7 +377,7 @@ def _bilinear_corners(
     weight = graph.op("Concat", *weights, axis=3)
 
     # Row of the top-left corner: ((y0 + 2)*Wp + (x0 + 2))*og + group, in int64 so that it is exact.
-    padded_width = graph.padded(graph.width)
+    padded_width = graph.padded(graph.size("W"))
     row = graph.op("Add", graph.op("Cast", y0, to=TensorProto.INT64), graph.int64(_PAD_BEFORE))
     col = graph.op("Add", graph.op("Cast", x0, to=TensorProto.INT64), graph.int64(_PAD_BEFORE))
     top_left = graph.op("Add", graph.op("Mul", row, graph.as_value(padded_width)), col)
@@ -407,13 +410,13 @@ def _pixel_rows(graph: _Graph[V], params: DeformConvParams, input: V, per_image:
     channels_last = graph.op("Transpose", padded, perm=[0, 2, 3, 1])  # (B, Hp, Wp, C)
     rows, cg = _rows_per_image(graph, params), params.channels_per_offset_group
     if per_image:
-        return graph.reshape(channels_last, [graph.batch, rows, cg])
-    return graph.reshape(channels_last, [graph.product(graph.batch, rows), cg])
+        return graph.reshape(channels_last, [graph.size("B"), rows, cg])
+    return graph.reshape(channels_last, [graph.product(graph.size("B"), rows), cg])
 
 
 def _rows_per_image(graph: _Graph[V], params: DeformConvParams) -> Dim[V]:
     """Hp*Wp*og, the rows of one image in :func:`_pixel_rows`."""
-    return graph.product(graph.padded(graph.height), graph.padded(graph.width), params.offset_groups)
+    return graph.product(graph.padded(graph.size("H")), graph.padded(graph.size("W")), params.offset_groups)
 
 
 def _read_by_gather(graph: _Graph[V], params: DeformConvParams, input: V, index: V) -> V:
@@ -423,7 +426,7 @@ def _read_by_gather(graph: _Graph[V], params: DeformConvParams, input: V, index:
         index: (B, L, K*og, 4), rows within each image.
     """
     table = _pixel_rows(graph, params, input, per_image=False)  # (B*Hp*Wp*og, Cg)
-    if graph.batch != 1:
+    if graph.size("B") != 1:
         index = graph.op("Add", index, _first_rows(graph, params))
     index = graph.reshape(index, [graph.samples(params), 4])  # (N, 4)
     return graph.op("Gather", table, index, axis=0)  # (N, 4, Cg)
@@ -431,7 +434,7 @@ def _read_by_gather(graph: _Graph[V], params: DeformConvParams, input: V, index:
 
 def _first_rows(graph: _Graph[V], params: DeformConvParams) -> V:
     """The first row of each image in a single table of rows: b*Hp*Wp*og, as (B, 1, 1, 1)."""
-    batch, per_image = graph.batch, _rows_per_image(graph, params)
+    batch, per_image = graph.size("B"), _rows_per_image(graph, params)
     if isinstance(batch, int) and isinstance(per_image, int):
         return graph.int64((np.arange(batch) * per_image).reshape(batch, 1, 1, 1))
     first = graph.op("Mul", graph.batch_indices(), graph.as_value(per_image))  # (B,)
@@ -446,7 +449,7 @@ def _read_by_gathernd(graph: _Graph[V], params: DeformConvParams, input: V, inde
     """
     rows = _pixel_rows(graph, params, input, per_image=True)  # (B, Hp*Wp*og, Cg)
     per_image = graph.product(graph.positions, params.taps * params.offset_groups * 4)
-    index = graph.reshape(index, [graph.batch, per_image, 1])
+    index = graph.reshape(index, [graph.size("B"), per_image, 1])
     corners = graph.op("GatherND", rows, index, batch_dims=1)  # (B, L*K*og*4, Cg)
     return graph.reshape(corners, [graph.samples(params), 4, params.channels_per_offset_group])
 
@@ -460,7 +463,7 @@ def _read_by_gatherelements(graph: _Graph[V], params: DeformConvParams, input: V
     rows = _pixel_rows(graph, params, input, per_image=True)  # (B, Hp*Wp*og, Cg)
     cg = params.channels_per_offset_group
     per_image = graph.product(graph.positions, params.taps * params.offset_groups * 4)
-    index = graph.reshape(index, [graph.batch, per_image, 1])
+    index = graph.reshape(index, [graph.size("B"), per_image, 1])
     index = graph.op("Expand", index, graph.int64([1, 1, cg]))  # (B, L*K*og*4, Cg)
     corners = graph.op("GatherElements", rows, index, axis=1)  # (B, L*K*og*4, Cg)
     return graph.reshape(corners, [graph.samples(params), 4, cg])
@@ -483,18 +486,18 @@ def _kernel_times_channels_last(graph: _Graph[V], params: DeformConvParams, samp
     kernel = graph.reshape(weight, [groups, cout // groups, per_group, taps])
     kernel = graph.reshape(graph.op("Transpose", kernel, perm=[0, 3, 2, 1]), [groups, reduced, cout // groups])
     if groups == 1:
-        columns = graph.reshape(samples, [graph.batch, graph.positions, reduced])  # (B, L, K*C)
+        columns = graph.reshape(samples, [graph.size("B"), graph.positions, reduced])  # (B, L, K*C)
         out = graph.op("MatMul", columns, graph.reshape(kernel, [reduced, cout]))  # (B, L, Cout)
     else:
         # (B*L, K, G, C/G) -> (G, B*L, K, C/G) -> (G, B*L, K*C/G)
-        pixels = graph.product(graph.batch, graph.positions)
+        pixels = graph.product(graph.size("B"), graph.positions)
         columns = graph.reshape(samples, [pixels, taps, groups, per_group])
         columns = graph.reshape(graph.op("Transpose", columns, perm=[2, 0, 1, 3]), [groups, pixels, reduced])
         out = graph.op("MatMul", columns, kernel)  # (G, B*L, Cout/G)
         out = graph.op("Transpose", out, perm=[1, 0, 2])  # (B*L, G, Cout/G)
-        out = graph.reshape(out, [graph.batch, graph.positions, cout])  # (B, L, Cout)
+        out = graph.reshape(out, [graph.size("B"), graph.positions, cout])  # (B, L, Cout)
     out = graph.op("Transpose", out, perm=[0, 2, 1])  # (B, Cout, L)
-    return graph.reshape(out, [graph.batch, cout, graph.out_height, graph.out_width])
+    return graph.reshape(out, [graph.size("B"), cout, graph.size("oh"), graph.size("ow")])
 
 
 # --- shared ---------------------------------------------------------------------------------------
@@ -512,7 +515,7 @@ def _regular_grid(graph: _Graph[V], params: DeformConvParams, axis: int, taps_fi
     stride, pad = params.stride[axis], params.padding[axis]
     # o + 1 for every output position, counted by a running sum of ones along the axis: no
     # integer-to-float cast (see _Graph.as_float). ones, counts: (oh, ow)
-    ones = graph.op("Expand", graph.floats(1.0), graph.shape([graph.out_height, graph.out_width]))
+    ones = graph.op("Expand", graph.floats(1.0), graph.shape([graph.size("oh"), graph.size("ow")]))
     counts = graph.op("CumSum", ones, graph.int64(axis))
     # o*stride - pad = (o + 1)*stride - (stride + pad)
     positions = graph.op("Add", graph.op("Mul", counts, graph.floats(float(stride))), graph.floats(float(-stride - pad)))
@@ -525,7 +528,7 @@ def _static_regular_grid(
     graph: _Graph[V], params: DeformConvParams, axis: int, taps_first: bool
 ) -> Optional[np.ndarray]:
     """:func:`_regular_grid` as a NumPy array in the compute dtype, None unless (oh, ow) is static."""
-    oh, ow = graph.out_height, graph.out_width
+    oh, ow = graph.size("oh"), graph.size("ow")
     if not (isinstance(oh, int) and isinstance(ow, int)):
         return None
     rows, cols = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
@@ -593,35 +596,15 @@ class _Graph(Generic[V]):
     # Sizes are read on first use, so that a lowering that needs none (native) leaves no Shape
     # node behind. Every reshape spells out its dimensions: a Reshape that copies (0) or infers (-1)
     # a dimension fails on an empty batch, and some tools' shape inference cannot follow it.
-    @functools.cached_property
-    def batch(self) -> Dim[V]:
-        """B."""
-        return self._dim("input", 0)
-
-    @functools.cached_property
-    def height(self) -> Dim[V]:
-        """H, the input's height."""
-        return self._dim("input", 2)
-
-    @functools.cached_property
-    def width(self) -> Dim[V]:
-        """W, the input's width."""
-        return self._dim("input", 3)
-
-    @functools.cached_property
-    def out_height(self) -> Dim[V]:
-        """oh, from the offset."""
-        return self._dim("offset", 2)
-
-    @functools.cached_property
-    def out_width(self) -> Dim[V]:
-        """ow, from the offset."""
-        return self._dim("offset", 3)
+    def size(self, name: str) -> Dim[V]:
+        """B, H, W (the input's), oh or ow (the offset's): an int when static, else a (1,) value."""
+        source, axis = _SIZES[name]
+        return self._dim(source, axis)
 
     @functools.cached_property
     def positions(self) -> Dim[V]:
         """L = oh*ow, the number of output positions."""
-        return self.product(self.out_height, self.out_width)
+        return self.product(self.size("oh"), self.size("ow"))
 
     def _dim(self, source: str, axis: int) -> Dim[V]:
         """A size of the input or the offset: an int when static, else a (1,) value read with Shape."""
@@ -635,16 +618,17 @@ class _Graph(Generic[V]):
 
     def batch_indices(self) -> V:
         """0, 1, ..., B-1 as a (B,) int64 value: a constant when the batch is static."""
-        if isinstance(self.batch, int):
-            return self.int64(np.arange(self.batch))
+        batch = self.size("B")
+        if isinstance(batch, int):
+            return self.int64(np.arange(batch))
         # a running sum of ones minus one: Range would need B as a 0-d scalar, which some tools
         # (ONNX Runtime's symbolic shape inference, tract) cannot follow from Shape
-        ones = self.op("Expand", self.int64(1), self.as_value(self.batch))  # (B,)
+        ones = self.op("Expand", self.int64(1), batch)  # (B,)
         return self.op("Sub", self.op("CumSum", ones, self.int64(0)), self.int64(1))
 
     def samples(self, params: DeformConvParams) -> Dim[V]:
         """N = B*L*K*og, the number of bilinear samples."""
-        return self.product(self.batch, self.positions, params.taps * params.offset_groups)
+        return self.product(self.size("B"), self.positions, params.taps * params.offset_groups)
 
     def padded(self, size: Dim[V]) -> Dim[V]:
         """A size of the input after the gather lowerings' padding: H + 3 or W + 3."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from .emitter import V
 
@@ -65,7 +65,7 @@ def with_schema_signature(function: F, *leading: str) -> F:
 
 @dataclass(frozen=True)
 class DeformConv2dCall(Generic[V]):
-    """One call of the operator: its tensors as graph values, its constants as Python values.
+    """One call of the operator: its tensors as graph values, its constant arguments as Python values.
 
     Attributes:
         input: (B, C, H, W).
@@ -73,7 +73,7 @@ class DeformConv2dCall(Generic[V]):
         offset: (B, offset_groups * kh * kw * 2, oh, ow).
         mask: (B, offset_groups * kh * kw, oh, ow); a dummy when ``use_mask`` is False.
         bias: (Cout,); zeros when the user gave none.
-        stride, padding, dilation: (h, w) pairs.
+        constants: ``stride_h`` ... ``use_mask`` by their schema names.
     """
 
     input: V
@@ -81,23 +81,15 @@ class DeformConv2dCall(Generic[V]):
     offset: V
     mask: V
     bias: V
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    offset_groups: int
-    use_mask: bool
+    constants: Mapping[str, Any]
 
     @classmethod
     def bind(cls, *args: Any, **kwargs: Any) -> DeformConv2dCall[Any]:
         """The call from the operator's arguments, given by position or by name in schema order."""
-        a = _SIGNATURE.bind(*args, **kwargs).arguments
-        return cls(
-            a["input"], a["weight"], a["offset"], a["mask"], a["bias"],
-            stride=(a["stride_h"], a["stride_w"]),
-            padding=(a["pad_h"], a["pad_w"]),
-            dilation=(a["dilation_h"], a["dilation_w"]),
-            groups=a["groups"],
-            offset_groups=a["offset_groups"],
-            use_mask=a["use_mask"],
-        )
+        arguments = _SIGNATURE.bind(*args, **kwargs).arguments
+        constants = {name: arguments[name] for name, _ in CONSTANT_ARGUMENTS}
+        return cls(**{name: arguments[name] for name in TENSOR_ARGUMENTS}, constants=constants)
+
+    def pair(self, name: str) -> tuple[int, int]:
+        """The (h, w) pair ``stride``, ``pad`` or ``dilation``."""
+        return self.constants[f"{name}_h"], self.constants[f"{name}_w"]
