@@ -125,7 +125,7 @@ def _static_group_counts(call: DeformConv2dCall[Any]) -> DeformConv2dCall[Any]:
             and the ``dynamic_shapes`` that make it static.
     """
     input_shape, weight_shape, offset_shape = (_dims(v) for v in (call.input, call.weight, call.offset))
-    groups, offset_groups = call.groups, call.offset_groups
+    groups, offset_groups = call.constants["groups"], call.constants["offset_groups"]
     if not isinstance(offset_groups, int) and weight_shape[2:] and offset_shape[1:2]:
         kh, kw, channels = weight_shape[2], weight_shape[3], offset_shape[1]
         if isinstance(kh, int) and isinstance(kw, int) and isinstance(channels, int):
@@ -147,7 +147,8 @@ def _static_group_counts(call: DeformConv2dCall[Any]) -> DeformConv2dCall[Any]:
                 f"multiples in dynamic_shapes (for example {{2: 4 * Dim('hq'), 3: 4 * Dim('wq')}} "
                 f"with torch.export.Dim) so that the channel count is a number, or use dynamo=False"
             )
-    return dataclasses.replace(call, groups=groups, offset_groups=offset_groups)
+    constants = {**call.constants, "groups": groups, "offset_groups": offset_groups}
+    return dataclasses.replace(call, constants=constants)
 
 
 def _dims(value: Any) -> list[Any]:

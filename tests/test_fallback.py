@@ -195,10 +195,10 @@ def _value(*shape: object) -> SimpleNamespace:
 
 def _counts(input: SimpleNamespace, offset: SimpleNamespace, groups: object, offset_groups: object) -> tuple:
     """(groups, offset_groups) of a call with a (8, 6, 3, 3) weight, as the translation sees them."""
-    call = DeformConv2dCall(input, _value(8, 6, 3, 3), offset, None, None, stride=(1, 1), padding=(1, 1),
-                            dilation=(1, 1), groups=groups, offset_groups=offset_groups, use_mask=False)
-    done = _static_group_counts(call)
-    return done.groups, done.offset_groups
+    call = DeformConv2dCall.bind(input, _value(8, 6, 3, 3), offset, None, None, 1, 1, 1, 1, 1, 1,
+                                 groups, offset_groups, False)
+    done = _static_group_counts(call).constants
+    return done["groups"], done["offset_groups"]
 
 
 def test_group_counts_come_from_static_shapes_where_they_can() -> None:
