@@ -156,8 +156,7 @@ def _run_without(package: str, code: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("package", "argv", "extra"),
-    [("torch", ["demo"], "torch"), ("torchvision", ["demo"], "torch"),
-     ("onnxruntime", ["verify", "m.onnx"], "ort")],
+    [("torch", ["demo"], "torch"), ("onnxruntime", ["verify", "m.onnx"], "ort")],
 )
 def test_commands_name_the_extra_they_need(package: str, argv: list[str], extra: str) -> None:
     done = _run_without(package, "from deform_conv2d_onnx_exporter.__main__ import main; "
