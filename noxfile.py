@@ -2,7 +2,8 @@
 torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
 property-based examples), ``plain_install`` (a new environment with the package alone: no torch,
 a working command line), and two runtimes that need environments of their own, without torch:
-``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``.
+``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``; ``toolchain`` puts exported models
+through the deployment tools users run next (``TOOLCHAIN``).
 
 Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,7 +141,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python="3.11")
 @nox.parametrize("torch", list(OTHERS), ids=list(OTHERS))
 def matrix(session: nox.Session, torch: str) -> None:
-    """The test suite on an older torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
+    """The test suite on another torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
 
     Tests of paths this torch lacks are deselected by the package's own version detection
     (tests/paths.py); extra arguments go to pytest.
@@ -227,7 +229,98 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def fuzz(session: nox.Session) -> None:
-    """The property-based tests with 500 random examples instead of CI's fixed 60."""
+    """The property-based tests with random examples, 500 of decompose_model instead of CI's fixed 60."""
     _install(session, DEV, "torch,test")
     session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
                 *session.posargs)
+
+
+#: The deployment tools of the ``toolchain`` session, the one place their versions are written down.
+#: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own, because onnx2tf
+#: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web and the
+#: browser driver (puppeteer 24: 25 needs node 22), in a folder outside the clone. "apt": Debian's
+#: browser the web runtime runs in, and node.
+TOOLCHAIN = {
+    "python": ["onnxsim==0.8.1", "onnxslim==0.1.98", "onnxconverter-common==1.16.0", "openvino==2026.4.0",
+               "tract==0.23.9", "pnnx==20261020", "ncnn==1.0.20261020"],
+    "onnx2tf": ["onnx2tf==1.29.24", "tensorflow==2.19.0", "tf-keras==2.19.0", "ai-edge-litert==2.1.0",
+                "onnx==1.19.1", "onnxruntime==1.23.0", "onnxsim==0.4.36", "onnxoptimizer==0.4.2",
+                "onnx-graphsurgeon==0.5.8", "simple-onnx-processing-tools==1.1.32", "sng4onnx==2.0.1",
+                "numpy==1.26.4", "protobuf==4.25.5", "h5py==3.11.0", "ml-dtypes==0.5.1", "psutil==5.9.5",
+                "opencv-python-headless==4.11.0.86", "requests==2.32.5", "flatbuffers==25.12.19"],
+    "npm": ["onnxruntime-web@1.30.0", "puppeteer-core@24.43.1"],
+    "apt": ["chromium", "nodejs", "npm"],
+}
+
+
+def _toolchain_folder(session: nox.Session) -> str:
+    """The folder, beside the nox environments, that holds the npm packages and onnx2tf's venv."""
+    folder = os.path.join(nox.options.envdir, "toolchain-tools")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _pinned(folder: str, pins: list[str]) -> bool:
+    """Whether ``folder`` was installed with exactly ``pins`` (its ``pins.txt``, written by ``_stamp``)."""
+    stamp = os.path.join(folder, "pins.txt")
+    if not os.path.exists(stamp):
+        return False
+    with open(stamp) as file:
+        return file.read() == "\n".join(pins)
+
+
+def _stamp(folder: str, pins: list[str]) -> None:
+    with open(os.path.join(folder, "pins.txt"), "w") as file:
+        file.write("\n".join(pins))
+
+
+def _install_onnx2tf(session: nox.Session, folder: str) -> str:
+    """onnx2tf's own venv (created once, rebuilt when the pins change); returns its python."""
+    venv = os.path.join(folder, "onnx2tf")
+    python = os.path.join(venv, "bin", "python")
+    if not _pinned(venv, TOOLCHAIN["onnx2tf"]):
+        session.run_install(os.path.join(session.bin, "python"), "-m", "venv", "--clear", venv, external=True)
+        session.run_install(python, "-m", "pip", "install", "--quiet", *TOOLCHAIN["onnx2tf"], external=True,
+                            env={"PIP_NO_CACHE_DIR": "1"})
+        _stamp(venv, TOOLCHAIN["onnx2tf"])
+    return python
+
+
+def _install_npm(session: nox.Session, folder: str) -> str:
+    """onnxruntime-web and puppeteer-core under ``folder/node`` (reinstalled when the pins change)."""
+    node = os.path.join(folder, "node")
+    if not _pinned(node, TOOLCHAIN["npm"]):
+        os.makedirs(node, exist_ok=True)
+        # puppeteer-core downloads no browser: it drives Debian's chromium
+        session.run_install("npm", "install", "--prefix", node, "--no-save", "--no-audit", "--no-fund",
+                            *TOOLCHAIN["npm"], external=True)
+        _stamp(node, TOOLCHAIN["npm"])
+    return node
+
+
+def _install_apt(session: nox.Session) -> None:
+    if os.path.exists("/usr/bin/chromium") and shutil.which("npm"):
+        return
+    if os.geteuid() != 0:
+        session.error("toolchain: needs Debian's chromium (/usr/bin/chromium) and npm: "
+                      f"run `apt-get install {' '.join(TOOLCHAIN['apt'])}` as root")
+    session.run_install("apt-get", "update", "-qq", external=True)
+    session.run_install("apt-get", "install", "-y", "-qq", "--no-install-recommends", *TOOLCHAIN["apt"],
+                external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+@nox.session(python="3.11")
+def toolchain(session: nox.Session) -> None:
+    """Exported DCN models through the deployment tools of ``TOOLCHAIN`` (tests/toolchain).
+
+    Prints the tool x variant table and writes it to ``toolchain-tools/table.md`` beside the nox
+    environments; extra arguments go to pytest.
+    """
+    _install(session, DEV, "torch,test")
+    session.install(*TOOLCHAIN["python"], *DEV.pins(), env={"PIP_NO_CACHE_DIR": "1"})
+    folder = _toolchain_folder(session)
+    _install_apt(session)
+    env = {"DCE_ONNX2TF_PYTHON": _install_onnx2tf(session, folder),
+           "DCE_NODE_MODULES": os.path.join(_install_npm(session, folder), "node_modules"),
+           "DCE_TOOLCHAIN_TABLE": os.path.join(folder, "table.md")}
+    session.run("python", "-m", "pytest", "-q", "--toolchain", "tests/toolchain", *session.posargs, env=env)

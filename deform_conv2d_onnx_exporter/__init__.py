@@ -6,7 +6,8 @@ See README.md for usage. The public API:
   exporter (``torch.onnx.export(..., dynamo=False)``);
 - :func:`create_deform_conv2d_custom_op`: the dynamo exporter's ``custom_translation_table``;
 - :func:`export`: either, chosen by the installed torch;
-- :func:`decompose_model`: rewrite the DeformConv nodes of an existing ONNX model (no torch needed).
+- :func:`decompose_model`: rewrite the DeformConv nodes of an existing ONNX model (no torch needed);
+- :func:`sampling_nodes`: the nodes to keep in float when quantizing such a model (no torch needed).
 
 The torch entry points are imported on first use, so that rewriting ONNX files works without torch
 (a plain ``pip install deform_conv2d_onnx_exporter``; the exporters need the extra ``[torch]``).
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .params import DeformConvExportError
 from .rewrite import Decomposed, decompose_model
+from .sampling import sampling_nodes
 from .versions import missing_extra_message
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ __all__ = [
     "decompose_model",
     "export",
     "register_deform_conv2d_onnx_op",
+    "sampling_nodes",
     "unregister_deform_conv2d_onnx_op",
 ]
 

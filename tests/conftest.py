@@ -6,6 +6,9 @@ is installed: the torch-free sessions (``ort_without_deformconv``, ``openvino``)
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -26,6 +29,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addoption("--results-json", default=None,
                      help="write the versions, capabilities and per-path counts of this run here")
+    parser.addoption("--toolchain", action="store_true",
+                     help="collect tests/toolchain: the deployment tools of nox's toolchain session")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
+    # The deployment tools are installed by the toolchain session only.
+    if collection_path.name == "toolchain" and not config.getoption("--toolchain"):
+        return True
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:

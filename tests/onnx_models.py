@@ -39,12 +39,19 @@ class NodeCase:
     mask: bool = True
     bias: bool = True
     batch: int = 1
-    #: batch, height and width as dim_params N, H, W in the model's inputs
-    symbolic: bool = False
+    #: the batch as dim_param N in the model's inputs and output
+    symbolic_batch: bool = False
+    #: height and width as dim_params H, W (and the output's OH, OW)
+    symbolic_size: bool = False
     dtype: Any = np.float32
 
     def with_(self, **changes: Any) -> NodeCase:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def symbolic(self) -> bool:
+        """Some dimension of the model's inputs is symbolic."""
+        return self.symbolic_batch or self.symbolic_size
 
     @property
     def out_size(self) -> Pair:
@@ -73,7 +80,7 @@ CASES = [
     NodeCase(group=2, offset_group=2, mask=False),
     NodeCase(in_channels=8, out_channels=4, group=2, offset_group=4, bias=False),
     NodeCase(mask=False, bias=False, kernel=(1, 1), pads=(0, 0, 0, 0)),
-    NodeCase(symbolic=True, batch=2, strides=(1, 2), pads=(1, 2, 1, 2)),
+    NodeCase(symbolic_batch=True, symbolic_size=True, batch=2, strides=(1, 2), pads=(1, 2, 1, 2)),
     NodeCase(dtype=np.float64, offset_group=2),
 ]
 
@@ -85,8 +92,8 @@ def build(case: NodeCase, opset: int = 19, seed: int = 0) -> onnx.ModelProto:
     kh, kw = case.kernel
     taps = kh * kw
     oh, ow = case.out_size
-    n, h, w = ("N", "H", "W") if case.symbolic else (case.batch, case.height, case.width)
-    out_h, out_w = ("OH", "OW") if case.symbolic else (oh, ow)
+    n = "N" if case.symbolic_batch else case.batch
+    h, w, out_h, out_w = ("H", "W", "OH", "OW") if case.symbolic_size else (case.height, case.width, oh, ow)
     inputs = [
         helper.make_tensor_value_info("x", elem, [n, case.in_channels, h, w]),
         helper.make_tensor_value_info("offset", elem, [n, 2 * case.offset_group * taps, out_h, out_w]),

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -71,7 +71,9 @@ def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[
                  on_onnxruntime: bool = True, dtype: Optional[torch.dtype] = None) -> Optional[str]:
     """Why the installed torch and ONNX Runtime cannot run a test of these paths, None if they can.
 
-    Decided by the package's own version detection (``deform_conv2d_onnx_exporter.versions``).
+    ``exporter`` is ``"legacy"``, ``"dynamo"`` or ``"decompose"`` (``decompose_model``, which needs
+    no torch exporter). Decided by the package's own version detection
+    (``deform_conv2d_onnx_exporter.versions``).
     """
     if exporter == "dynamo" and not TORCH.has_dynamo_translation:
         return (f"dynamo: torch {TORCH.version} has no custom_translation_table "
@@ -91,6 +93,13 @@ def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[
             return (f"native on onnxruntime: {onnxruntime.__version__} has no DeformConv "
                     f"(needs >= {versions.ONNXRUNTIME_DEFORMCONV})")
     return None
+
+
+def min_opset(lowering: str, dtype: torch.dtype = torch.float32) -> int:
+    """The lowest opset at which ONNX Runtime runs ``lowering`` on ``dtype`` inputs."""
+    if lowering == "grid_sample" and dtype == torch.float64:
+        return FLOAT64_GRID_SAMPLE_OPSET
+    return {"grid_sample": GRID_SAMPLE_MIN_OPSET, "native": NATIVE_MIN_OPSET}.get(lowering, 12)
 
 
 @dataclass(frozen=True)
@@ -183,19 +192,25 @@ def input_names(case: Case) -> list[str]:
 
 def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
            lowering: str = "auto", names: Optional[list[str]] = None,
-           dynamic: bool = False, opset: Optional[int] = None) -> bytes:
-    """Export with our package's `export` and return the model bytes (checked by onnx)."""
+           dynamic: Union[bool, Sequence[int]] = False, opset: Optional[int] = None) -> bytes:
+    """Export with our package's `export` and return the model bytes (checked by onnx).
+
+    ``dynamic`` names the axes of every input that are symbolic in the model: True for batch,
+    height and width (0, 2, 3). ``opset`` None is the exporter's default, raised to
+    :func:`min_opset` where that is lower.
+    """
     names = names or [f"input{i}" for i in range(len(inputs))]
     kwargs: dict[str, Any] = {"input_names": names}
-    needed = {"grid_sample": GRID_SAMPLE_MIN_OPSET, "native": NATIVE_MIN_OPSET}.get(lowering, 0)
+    needed = min_opset(lowering, inputs[0].dtype)
     default = TORCH.legacy_default_opset if exporter == "legacy" else TORCH.dynamo_default_opset
     if opset is None and needed > default:
         opset = needed  # the exporter's default opset is lower
     if opset is not None:
         kwargs["opset_version"] = opset
-    if dynamic:
-        kwargs.update(_dynamic_kwargs(module, inputs, exporter, names))
-        if exporter == "dynamo" and not TORCH.dynamo_keeps_size_one_dynamic:
+    axes = (0, 2, 3) if dynamic is True else tuple(dynamic or ())
+    if axes:
+        kwargs.update(_dynamic_kwargs(exporter, names, len(inputs), axes))
+        if exporter == "dynamo" and 0 in axes and not TORCH.dynamo_keeps_size_one_dynamic:
             # this torch would fix a dynamic dimension whose example size is 1 (README, "Limits")
             inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
     if exporter == "dynamo":
@@ -209,17 +224,17 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
     return data
 
 
-def _dynamic_kwargs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
-                    names: list[str]) -> dict[str, Any]:
-    """Batch, height and width of every 4-D input symbolic."""
+def _dynamic_kwargs(exporter: str, names: list[str], count: int, axes: tuple[int, ...]) -> dict[str, Any]:
+    """The exporter's arguments that make ``axes`` (0: batch, 2: height, 3: width) of every input symbolic."""
     if exporter == "legacy":
-        axes = {name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names}
-        return {"dynamic_axes": axes}
+        labels = {0: "batch", 2: "{name}_h", 3: "{name}_w"}
+        return {"dynamic_axes": {name: {axis: labels[axis].format(name=name) for axis in axes}
+                                 for name in names}}
     # By position: torch 2.6 reads a dict's keys as input_names, torch 2.9 as forward's parameters.
     # A bound: torch 2.6 fails the guard "batch != 2**63 - 1" of some models without one.
     batch = torch.export.Dim("batch", max=1024)
-    return {"dynamic_shapes": tuple({0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-                                    for _ in inputs)}
+    dims = {axis: batch if axis == 0 else torch.export.Dim.AUTO for axis in axes}
+    return {"dynamic_shapes": tuple(dims for _ in range(count))}
 
 
 def run(model: bytes, names: list[str], inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
@@ -235,10 +250,12 @@ def run(model: bytes, names: list[str], inputs: tuple[torch.Tensor, ...]) -> np.
     return out
 
 
-def assert_matches(got: np.ndarray, expected: torch.Tensor, dtype: torch.dtype) -> None:
+def assert_matches(got: np.ndarray, expected: torch.Tensor, dtype: torch.dtype,
+                   against: str = "torchvision's") -> None:
+    """``got`` equals ``expected`` (the output of ``against``) within :data:`TOLERANCE` of ``dtype``."""
     atol, rtol = TOLERANCE[dtype]
     want = expected.detach().numpy()
-    assert got.dtype == want.dtype, f"dtype {got.dtype} != torchvision's {want.dtype}"
-    assert got.shape == want.shape, f"shape {got.shape} != torchvision's {want.shape}"
-    scale = max(1.0, float(np.abs(want).max())) if dtype == torch.float16 else 1.0
-    np.testing.assert_allclose(got, want, atol=atol * scale, rtol=rtol)
+    assert got.dtype == want.dtype, f"dtype {got.dtype} != {against} {want.dtype}"
+    assert got.shape == want.shape, f"shape {got.shape} != {against} {want.shape}"
+    scale = max(1.0, float(np.abs(want).max(initial=0.0))) if dtype == torch.float16 else 1.0
+    np.testing.assert_allclose(got, want, atol=atol * scale, rtol=rtol, err_msg=f"against {against} output")

@@ -26,7 +26,7 @@ ERROR = "deform-conv2d-onnx: error: "
 @pytest.fixture
 def model_path(tmp_path: Path) -> str:
     path = str(tmp_path / "model.onnx")
-    onnx.save(build(NodeCase(symbolic=True, group=2, offset_group=2)), path)
+    onnx.save(build(NodeCase(symbolic_batch=True, symbolic_size=True, group=2, offset_group=2)), path)
     return path
 
 

@@ -48,7 +48,7 @@ def test_exported_graph_form(exporter: str, lowering: str, dynamic: bool, opset:
 @pytest.mark.onnx_only
 @pytest.mark.parametrize(("lowering", "dynamic", "opset"), _cases((13, 17, 19)))
 def test_rewritten_graph_form(lowering: str, dynamic: bool, opset: int) -> None:
-    model = build(NODE_CASE.with_(symbolic=dynamic))
+    model = build(NODE_CASE.with_(symbolic_batch=dynamic, symbolic_size=dynamic))
     _check_form(decompose_model(model, opset=opset, lowering=lowering).model)
 
 

@@ -15,7 +15,7 @@ from deform_conv2d_onnx_exporter import DeformConvExportError, decompose_model
 #: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
 pytestmark = pytest.mark.onnx_only
 
-SYMBOLIC = NodeCase(symbolic=True)
+SYMBOLIC = NodeCase(symbolic_batch=True, symbolic_size=True)
 
 
 def _with_neighbours(case: NodeCase = SYMBOLIC) -> onnx.ModelProto:

@@ -1,0 +1,142 @@
+"""Every exported variant of a small DCNv2 network through every deployment tool, against torchvision.
+
+Test ids are ``test_tool[<tool>-<variant>]``, so the tool x variant table falls out of the run; the
+conftest prints it with the error figures. A tool bug that no graph can avoid is pinned in
+``DOCUMENTED``: its test asserts that failure, and README ("Deploying") gives the workaround.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pytest
+from conftest import Table, tool_inputs
+from models import VARIANTS, Variant, reference, relative_error
+
+from tools import TOOLS, BatchTool, Tool, quantize_static, run_onnxruntime
+
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
+#: A quantized model's error may be this many times that of the same model with only its ordinary
+#: convolutions quantized.
+QUANTIZED_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class Documented:
+    """A failure of a pinned tool version that no change of the graph avoids (README, "Deploying").
+
+    ``message``: a regular expression the tool's error matches; None when the tool runs but gives
+    numbers outside the tolerance.
+    """
+
+    reason: str
+    message: Optional[str]
+
+
+_NCNN = Documented("ncnn has no comparison or Where layers (README, Deploying); open in issue 11",
+                   r"layers pnnx left without an ncnn equivalent: .*torch\.where")
+_TRACT = Documented("tract cannot prove the padded input's Reshape volume with symbolic sizes; "
+                    "workaround: static sizes (onnxsim overwrite_input_shapes) or grid_sample",
+                    r"Reshape volume mismatch")
+_ONNX2TF_GRID_SAMPLE = Documented("onnx2tf's GridSample conversion squeezes the grid's last axis; open in issue 11",
+                                  r"Can not squeeze dim\[3\]")
+
+#: (tool, variant or "*") -> the documented failure. An error must match its message (another error
+#: fails the test); a tool that no longer fails is judged like any other result.
+DOCUMENTED: dict[tuple[str, str], Documented] = {
+    ("pnnx-ncnn", "*"): _NCNN,
+    **{("tract", variant): _TRACT for variant in ("dynamo-gathernd", "legacy13", "gather_rows", "gathernd",
+                                                  "gatherelements")},
+    ("onnx2tf-tflite", "dynamo"): _ONNX2TF_GRID_SAMPLE,
+    ("onnx2tf-tflite", "legacy17-static"): _ONNX2TF_GRID_SAMPLE,
+    ("onnx2tf-tflite", "dynamo-static-b2"): Documented(
+        "onnx2tf converts the dynamo export with a static batch of 2 into a wrong model; open in issue 11", None),
+    ("onnx2tf-tflite", "gather_rows-static-b2"): Documented(
+        "onnx2tf's channels-last relayout breaks the gather lowering's index Add; open in issue 11",
+        r"Dimensions must be equal, but are 9 and 4"),
+    ("onnx2tf-tflite", "decomposed-gather_rows-static-b2"): Documented(
+        "onnx2tf loses a shape in the coordinate arithmetic; open in issue 11", r"has no attribute 'shape'"),
+    ("onnxslim", "dynamo-gathernd"): Documented(
+        "onnxslim's shape inference removes the Reshape before the kernel MatMul; workaround: fixed "
+        "input shapes, or onnxsim", r"Incompatible dimensions for matrix multiplication"),
+    ("ort-quantize-static-qdq", "dynamo-gathernd"): Documented(
+        "quantized coordinates move a gather index out of the image; workaround: "
+        "nodes_to_exclude=sampling_nodes(model)", r"invalid index found"),
+}
+
+
+def _documented(tool: Tool, variant: Variant) -> Optional[Documented]:
+    return DOCUMENTED.get((tool.name, variant.name)) or DOCUMENTED.get((tool.name, "*"))
+
+
+def _message(error: BaseException) -> str:
+    """The error on one line: its first line and its last two (the innermost cause), no backtrace."""
+    text = str(error).split("Stack backtrace:")[0]  # tract appends Rust's backtrace
+    lines = [line.strip()[:250] for line in text.splitlines() if line.strip()]
+    if not lines:  # a bare assert: where it failed
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        lines = [f"assert in {frame.name} ({os.path.basename(frame.filename)}:{frame.lineno})"]
+    return f"{type(error).__name__}: " + " | ".join(lines[:1] + lines[1:][-2:])
+
+
+def _outputs(tool: Tool, variant: Variant, path: str, inputs: list[np.ndarray], folder: str,
+             batch_results: Callable[[BatchTool], Any]) -> list[np.ndarray]:
+    if isinstance(tool, BatchTool):
+        found = batch_results(tool)
+        outputs = [found[variant.name, index] for index in range(len(inputs))]
+        for output in outputs:
+            if isinstance(output, str):
+                raise RuntimeError(output)
+        return outputs
+    return tool.run(path, variant, inputs, folder)
+
+
+CASES = [pytest.param(tool, variant, id=f"{tool.name}-{variant.name}")
+         for tool in TOOLS for variant in VARIANTS if tool.takes(variant)]
+
+
+@pytest.mark.parametrize(("tool", "variant"), CASES)
+def test_tool(tool: Tool, variant: Variant, exported: dict[str, str], network: Any,
+              batch_results: Callable[[BatchTool], Any], table: Table, tmp_path: Any) -> None:
+    inputs = tool_inputs(tool, variant)
+    expected = [reference(network, x) for x in inputs]
+    documented = _documented(tool, variant)
+    try:
+        outputs = _outputs(tool, variant, exported[variant.name], inputs, str(tmp_path), batch_results)
+    except Exception as error:
+        message = _message(error)
+        if documented is not None and documented.message is not None:
+            table.failure(tool, variant, message, "documented")
+            assert re.search(documented.message, message), f"{tool.name}: the documented failure changed"
+            return
+        table.failure(tool, variant, message, "error")
+        raise
+    errors = [relative_error(got, want) for got, want in zip(outputs, expected)]
+    if tool.kind == "report":
+        table.figure(tool, variant, errors, "ok")
+        assert all(np.isfinite(got).all() for got in outputs), f"{tool.name}: non-finite outputs"
+        return
+    if tool.kind == "quantized":
+        baseline = _convs_only_quantized(variant, exported[variant.name], inputs, expected, str(tmp_path))
+        limits = [QUANTIZED_RATIO * error for error in baseline]
+    else:
+        limits = [TOLERANCE[tool.kind]] * len(errors)
+    good = all(error <= limit for error, limit in zip(errors, limits))
+    if documented is not None and documented.message is None:
+        table.figure(tool, variant, errors, "documented")
+        assert not good, f"{tool.name}: the documented wrong output is gone ({documented.reason})"
+        return
+    table.figure(tool, variant, errors, "ok" if good else "WRONG")
+    assert good, f"{tool.name}: errors {errors} above {limits} (sizes {[x.shape for x in inputs]})"
+
+
+def _convs_only_quantized(variant: Variant, path: str, inputs: list[np.ndarray],
+                          expected: list[np.ndarray], folder: str) -> list[float]:
+    """The errors of the variant with only its Conv nodes QDQ-quantized, at each input."""
+    quantized = quantize_static(path, variant, f"{folder}/convs.onnx", op_types_to_quantize=["Conv"])
+    return [relative_error(got, want) for got, want in zip(run_onnxruntime(quantized, inputs), expected)]
