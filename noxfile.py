@@ -1,6 +1,7 @@
-"""Sessions: ``tests`` (the README's test command: ruff, mypy, pytest), ``matrix`` (the test suite on
-each older torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
-property-based examples), and two runtimes that need environments of their own, without torch:
+"""Sessions: ``tests`` (ruff, mypy, pytest on torch 2.14.1), ``matrix`` (the test suite on each other
+torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
+property-based examples), ``plain_install`` (a new environment with the package alone: no torch,
+a working command line), and two runtimes that need environments of their own, without torch:
 ``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``; ``toolchain`` puts exported models
 through the deployment tools users run next (``TOOLCHAIN``).
 
@@ -8,8 +9,9 @@ Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
 which is also why linting runs in the test environment rather than in one of its own.
 
-Every test run writes what it ran to ``tools/matrix-results/<torch>.json``;
-``python tools/support_table.py`` renders README's support table from those files.
+Every full test run writes what it ran to ``tools/matrix-results/last-run/<torch>.json`` (not
+tracked by git); ``nox -s support_table`` checks README's support table and the tracked
+``tools/matrix-results/<torch>.json`` against them, and ``nox -s support_table -- --write`` updates both.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ nox.options.envdir = os.environ.get(
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 
-RESULTS = os.path.join("tools", "matrix-results")
+RESULTS = os.path.join("tools", "matrix-results", "last-run")
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ class Stack:
 #: 0.1.0 cannot convert the dynamo exporter's opset on torch 2.6, and onnx's reference evaluator
 #: needs fixes before 1.23: see tests/test_edge_cases.py); numpy 1 before torch 2.6; from torch
 #: 2.6 on, an onnxruntime that runs native DeformConv without crashing on NaN offsets (>= 1.26).
-#: The last pair is the ``tests`` session's; the
-#: others are ``matrix-<torch>``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
+#: ``DEV`` is the ``tests`` session's pair (installed from this machine's local files); every other
+#: one is ``matrix(<torch>)``. torch 1.13.1 is not here: torchvision 0.14.1, its pair, has no
 #: Python 3.11 wheel.
 STACKS = [
     Stack("2.0.1", "0.15.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.15.1", onnxscript="0.2.7"),
@@ -72,9 +74,11 @@ STACKS = [
           onnx_ir="1.1.0"),
     Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
           onnx_ir="1.1.0"),
+    Stack("2.15.0", "0.29.2", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
+          onnx_ir="1.1.0"),
 ]
-NEWEST = STACKS[-1]
-OLDER = {stack.torch: stack for stack in STACKS[:-1]}
+DEV = next(stack for stack in STACKS if stack.torch == "2.14.1")
+OTHERS = {stack.torch: stack for stack in STACKS if stack is not DEV}
 
 
 def _install(session: nox.Session, stack: Stack, extra: str) -> None:
@@ -88,13 +92,14 @@ def _pytest(session: nox.Session, stack: Stack, started: float, *args: str) -> N
     """Run pytest, then add the session's wall time and environment size to its results file.
 
     A run given a selection of tests (extra arguments) writes no results: they describe the suite.
+    The results go to ``RESULTS``, outside what git tracks, so that running the tests changes no
+    tracked file.
     """
     if session.posargs:
         session.run("python", "-m", "pytest", "-q", *args)
         return
     os.makedirs(RESULTS, exist_ok=True)
     results = os.path.join(RESULTS, f"{stack.torch}.json")
-    # pytest writes beside the previous results, which the suite reads (tests/test_support_table.py)
     fresh = results + ".new"
     if os.path.exists(fresh):
         os.remove(fresh)
@@ -127,39 +132,38 @@ def _add_session_facts(session: nox.Session, path: str, started: float) -> None:
 def tests(session: nox.Session) -> None:
     """ruff, mypy, then the test suite on the newest torch; extra arguments go to pytest."""
     started = time.monotonic()
-    _install(session, NEWEST, "test,dev")
+    _install(session, DEV, "torch,test,dev")
     session.run("ruff", "check", ".")
     session.run("mypy")
-    _pytest(session, NEWEST, started, "--durations=15", *session.posargs)
+    _pytest(session, DEV, started, "--durations=15", *session.posargs)
 
 
 @nox.session(python="3.11")
-@nox.parametrize("torch", list(OLDER), ids=list(OLDER))
+@nox.parametrize("torch", list(OTHERS), ids=list(OTHERS))
 def matrix(session: nox.Session, torch: str) -> None:
-    """The test suite on an older torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
+    """The test suite on another torch (``nox -s "matrix(2.0.1)"``; ``nox -s matrix`` runs them all).
 
     Tests of paths this torch lacks are deselected by the package's own version detection
     (tests/paths.py); extra arguments go to pytest.
     """
     started = time.monotonic()
-    stack = OLDER[torch]
-    _install(session, stack, "test")
+    stack = OTHERS[torch]
+    _install(session, stack, "torch,test")
     _pytest(session, stack, started, *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def support_table(session: nox.Session) -> None:
-    """Check README's support table against tools/matrix-results (``-- --write`` rewrites it)."""
+    """Check README's support table and tools/matrix-results against the last runs (``-- --write``
+    takes the last runs' results instead)."""
     write = "--write" in session.posargs
-    session.run(sys.executable, "tools/support_table.py", *([] if write else ["--check"]))
+    session.run(sys.executable, "tools/support_table.py", "--write" if write else "--check")
 
 
 def _install_without_torch(session: nox.Session, *runtimes: str) -> None:
-    # The ONNX-file path needs no torch: the package goes in without its dependencies, and the
-    # environment stays small (no torch, several GB) and quick to create. hypothesis: conftest.py
-    # registers its profiles.
-    session.install("onnx>=1.17", "numpy", "packaging>=21", "pytest>=7", "hypothesis>=6", *runtimes)
-    session.install("--no-deps", "-e", ".")
+    # The ONNX-file path needs no torch, and a plain install brings none: the environment stays
+    # small (no torch, several GB) and quick to create. hypothesis: conftest.py registers its profiles.
+    session.install("-e", ".", "pytest>=7", "hypothesis>=6", *runtimes)
 
 
 #: The rewrite tests that import no torch, and pytest options for them: pyproject's warning
@@ -182,24 +186,51 @@ def openvino(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, "tests/test_runtimes.py", *session.posargs)
 
 
+#: Fails if torch was installed: a plain install must not pull it (several GB).
+_NO_TORCH = ("import importlib.util, sys; "
+             "sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)")
+
+
+@nox.session(python="3.11", reuse_venv=False)
+def plain_install(session: nox.Session) -> None:
+    """``pip install deform_conv2d_onnx_exporter`` (from this clone) in a new environment: no torch
+    comes with it, ``decompose`` and ``info`` work, and ``demo`` and ``verify`` (without
+    onnxruntime) say in one line which extra they need."""
+    session.install(".")
+    session.run("python", "-c", _NO_TORCH)
+    tmp = session.create_tmp()
+    model, out = os.path.join(tmp, "dcn.onnx"), os.path.join(tmp, "out.onnx")
+    session.run("python", "-c", "import sys; sys.path.insert(0, 'tests'); import onnx, onnx_models; "
+                f"onnx.save(onnx_models.build(onnx_models.NodeCase()), {model!r})")
+    session.run("deform-conv2d-onnx", "--version")
+    session.run("deform-conv2d-onnx", "info", model)
+    session.run("deform-conv2d-onnx", "decompose", model, out)
+    for command, extra in ((["demo"], "torch"), (["verify", out, "--reference", model], "ort")):
+        output = session.run("deform-conv2d-onnx", *command, success_codes=[1], silent=True)
+        expected = f"deform_conv2d_onnx_exporter[{extra}]"
+        if not isinstance(output, str) or output.count("\n") != 1 or expected not in output:
+            session.error(f"{command[0]}: expected one line naming {expected}, got {output!r}")
+        session.log(output.strip())
+
+
 @nox.session(python="3.11")
 def sweep(session: nox.Session) -> None:
     """The cartesian configuration sweep (hundreds of exports per exporter; about an hour)."""
-    _install(session, NEWEST, "test")
+    _install(session, DEV, "torch,test")
     session.run("python", "-m", "pytest", "-q", "--full-sweep", "tests/test_sweep.py", *session.posargs)
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """The speed and memory benchmark (benchmarks/bench.py); extra arguments go to it."""
-    _install(session, NEWEST, "ort")
+    _install(session, DEV, "torch,ort")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(python="3.11")
 def fuzz(session: nox.Session) -> None:
     """The property-based tests with random examples, 500 of decompose_model instead of CI's fixed 60."""
-    _install(session, NEWEST, "test")
+    _install(session, DEV, "torch,test")
     session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
                 *session.posargs)
 
@@ -285,8 +316,8 @@ def toolchain(session: nox.Session) -> None:
     Prints the tool x variant table and writes it to ``toolchain-tools/table.md`` beside the nox
     environments; extra arguments go to pytest.
     """
-    _install(session, NEWEST, "test")
-    session.install(*TOOLCHAIN["python"], *NEWEST.pins(), env={"PIP_NO_CACHE_DIR": "1"})
+    _install(session, DEV, "torch,test")
+    session.install(*TOOLCHAIN["python"], *DEV.pins(), env={"PIP_NO_CACHE_DIR": "1"})
     folder = _toolchain_folder(session)
     _install_apt(session)
     env = {"DCE_ONNX2TF_PYTHON": _install_onnx2tf(session, folder),

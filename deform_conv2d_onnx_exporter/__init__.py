@@ -9,7 +9,8 @@ See README.md for usage. The public API:
 - :func:`decompose_model`: rewrite the DeformConv nodes of an existing ONNX model (no torch needed);
 - :func:`sampling_nodes`: the nodes to keep in float when quantizing such a model (no torch needed).
 
-The torch entry points are imported on first use, so that rewriting ONNX files works without torch.
+The torch entry points are imported on first use, so that rewriting ONNX files works without torch
+(a plain ``pip install deform_conv2d_onnx_exporter``; the exporters need the extra ``[torch]``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .params import DeformConvExportError
 from .rewrite import Decomposed, decompose_model
 from .sampling import sampling_nodes
+from .versions import missing_extra_message
 
 if TYPE_CHECKING:
     from .exporting import export
@@ -55,6 +57,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEEDS_TORCH:
-        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _NEEDS_TORCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module(_NEEDS_TORCH[name], __name__)
+    except ModuleNotFoundError as error:
+        message = missing_extra_message(f"{__name__}.{name}", error)
+        if message is None:
+            raise
+        raise ModuleNotFoundError(message, name=error.name) from None
+    return getattr(module, name)

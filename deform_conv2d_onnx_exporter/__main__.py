@@ -11,13 +11,16 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import onnx
 
+from . import __version__
+from . import verify as verify_module
 from .lowering import LOWERINGS
 from .params import DeformConvExportError, show_shape
 from .verify import ShapeOverrides
+from .versions import missing_extra_message
 
 PROG = "deform-conv2d-onnx"
 #: The demo's and verify's pass mark for float32 (the test suite's tolerance).
@@ -43,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Export or rewrite deformable convolutions as standard ONNX operators."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     decompose = commands.add_parser(
@@ -66,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     verify.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"largest accepted absolute error (default {TOLERANCE:g})")
+    verify.add_argument("--reference-evaluator", action="store_true",
+                        help="also run ONNX's reference evaluator on a model too large for it to take "
+                        "seconds (by default it runs only on small ones)")
     _add_lowering_arguments(verify)
     verify.set_defaults(run=_verify)
 
@@ -93,6 +100,8 @@ def _add_lowering_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(path: str) -> onnx.ModelProto:
     """The model at ``path``, with its external data, or a CommandError saying why not."""
+    if os.path.isdir(path):
+        raise CommandError(f"cannot read {path}: is a directory")
     if not os.path.isfile(path):
         raise CommandError(f"cannot read {path}: no such file")
     try:
@@ -108,6 +117,9 @@ def _decompose(args: argparse.Namespace) -> int:
     from .rewrite import decompose_model
 
     model = _load(args.input)
+    data_file = os.path.basename(args.output) + ".data"
+    _refuse_to_overwrite_the_input(args.input, [args.output, os.path.join(os.path.dirname(args.output),
+                                                                          data_file)])
     count = sum(1 for _ in _main_graph_nodes(model))
 
     def progress(done: int, total: int, name: str) -> None:
@@ -121,7 +133,7 @@ def _decompose(args: argparse.Namespace) -> int:
     # protobuf cannot serialise 2 GB or more in one message: weights then go to a side file.
     large = result.model.ByteSize() > 1_800_000_000
     try:
-        onnx.save(result.model, args.output, save_as_external_data=large)
+        onnx.save(result.model, args.output, save_as_external_data=large, location=data_file)
     except OSError as error:
         raise CommandError(f"cannot write {args.output}: {error.strerror or error}") from error
     opset = next(e.version for e in result.model.opset_import if e.domain in ("", "ai.onnx"))
@@ -131,6 +143,27 @@ def _decompose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_to_overwrite_the_input(input_path: str, outputs: list[str]) -> None:
+    """A CommandError if writing ``outputs`` (the model and its weights file) would replace the
+    input model or a file of its external data, or if the model's path is a directory."""
+    if os.path.isdir(outputs[0]):
+        raise CommandError(f"cannot write {outputs[0]}: is a directory")
+    header = onnx.load(input_path, load_external_data=False)
+    folder = os.path.dirname(input_path)
+    read = [input_path] + [
+        os.path.join(folder, entry.value)
+        for tensor in header.graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data if entry.key == "location"
+    ]
+    for output in outputs:
+        for source in read:
+            if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
+                raise CommandError(
+                    f"cannot write {outputs[0]}: it would overwrite {source}, which the input model "
+                    f"is read from; write to another path"
+                )
+
+
 def _main_graph_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     from .rewrite import find_deform_convs
 
@@ -138,7 +171,42 @@ def _main_graph_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from . import verify
+    verify = verify_module
+    try:
+        runtimes = [verify.onnxruntime_runtime()]
+    except ModuleNotFoundError as missing:
+        message = missing_extra_message("verify", missing)
+        if message is None:
+            raise
+        raise CommandError(message) from missing
+    candidate, reference = _verify_models(args)
+    feeds = verify.random_inputs(candidate, _parse_shapes(args.shape), args.seed)
+    for name, array in feeds.items():
+        print(f"input {name}: {array.dtype} {show_shape(array.shape)}")
+    samples = verify.bilinear_samples(reference, feeds)
+    seconds = "an unknown time" if samples is None else (
+        f"about {samples / verify.REFERENCE_EVALUATOR_SAMPLES_PER_SECOND:.0f} s")
+    small = samples is not None and samples <= verify.REFERENCE_EVALUATOR_MAX_SAMPLES
+    if args.reference_evaluator or small:
+        runtimes.append(verify.reference_evaluator_runtime())
+
+    def progress(model: str) -> Callable[[str], None]:
+        # only the reference evaluator can take long, and only beyond the default budget
+        return lambda runtime: (_progress(f"running {model} on {runtime} ({seconds})")
+                                if runtime.startswith("onnx.reference") and not small else None)
+
+    runtime, expected = verify.reference_outputs(reference, feeds, progress("the reference"))
+    print(f"reference: {args.reference or args.model} with native DeformConv on {runtime}")
+    rows = verify.compare(candidate, feeds, expected, runtimes, progress(args.model))
+    if len(runtimes) == 1:
+        note = (f"skipped: {samples or 'unknown'} samples, {seconds}; --reference-evaluator runs it")
+        rows.append(verify.Comparison(f"onnx.reference {onnx.__version__}", "*", None, note))
+    return _print_comparison(rows, args.tolerance)
+
+
+def _verify_models(args: argparse.Namespace) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(candidate, reference): MODEL, decomposed in memory if it has DeformConv, and the model
+    with DeformConv to compare with."""
     from .rewrite import decompose_model
 
     model = _load(args.model)
@@ -148,19 +216,19 @@ def _verify(args: argparse.Namespace) -> int:
             f"{args.reference or args.model} has no DeformConv node to serve as the reference; "
             f"pass the original model with --reference ORIGINAL.onnx"
         )
-    candidate = model
-    if _main_graph_nodes(model):
-        candidate = decompose_model(model, args.opset, args.lowering).model
-        print(f"candidate: {args.model} decomposed in memory (lowering {args.lowering})")
-    else:
+    if not _main_graph_nodes(model):
         print(f"candidate: {args.model}")
-    feeds = verify.random_inputs(candidate, _parse_shapes(args.shape), args.seed)
-    for name, array in feeds.items():
-        print(f"input {name}: {array.dtype} {show_shape(array.shape)}")
-    runtime, expected = verify.reference_outputs(reference, feeds)
-    print(f"reference: {args.reference or args.model} with native DeformConv on {runtime}")
-    rows = verify.compare(candidate, feeds, expected,
-                          [verify.onnxruntime_runtime(), verify.reference_evaluator_runtime()])
+        return model, reference
+    print(f"candidate: {args.model} decomposed in memory (lowering {args.lowering})")
+    return decompose_model(model, args.opset, args.lowering).model, reference
+
+
+def _progress(line: str) -> None:
+    print(f"{PROG}: {line}...", file=sys.stderr, flush=True)
+
+
+def _print_comparison(rows: list[verify_module.Comparison], tolerance: float) -> int:
+    """The table of errors and the verdict; 0 when ONNX Runtime ran and stayed within tolerance."""
     print(f"{'runtime':<24} {'output':<16} {'max |candidate - reference|':>28}")
     worst = 0.0
     for row in rows:
@@ -168,8 +236,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{row.runtime:<24} {row.output:<16} {shown:>28}")
         worst = max(worst, row.error if row.error is not None else 0.0)
     ran_on_ort = any(row.error is not None and row.runtime.startswith("onnxruntime") for row in rows)
-    ok = ran_on_ort and worst <= args.tolerance
-    print(f"{'OK' if ok else 'FAILED'}: worst error {worst:.3g} (tolerance {args.tolerance:g})")
+    ok = ran_on_ort and worst <= tolerance
+    print(f"{'OK' if ok else 'FAILED'}: worst error {worst:.3g} (tolerance {tolerance:g})")
     return 0 if ok else 1
 
 
@@ -223,9 +291,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
+    try:
+        import torch
 
-    from . import demo as demo_module
+        from . import demo as demo_module
+    except ModuleNotFoundError as missing:
+        message = missing_extra_message("demo", missing)
+        if message is None:
+            raise
+        raise CommandError(message) from missing
 
     warnings.simplefilter("ignore")  # the exporters' deprecation chatter hides the result
     print(f"torch {torch.__version__}; DCNv2 backbone, exported with dynamic batch/height/width")

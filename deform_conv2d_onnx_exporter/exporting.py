@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
-from typing import Any, Callable, Mapping, Optional
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from onnx import TensorProto
 
-from . import torchscript_adapter, versions
+from . import _torch_compat, torchscript_adapter, versions
 from .lowering import LoweringOptions
 from .onnxscript_adapter import translation_function
 from .params import DeformConvExportError
+from .torchscript_adapter import DeformConvWarning
+
+TranslationTable = Mapping[Callable[..., Any], Callable[..., Any]]
 
 
 def export(
@@ -23,28 +29,35 @@ def export(
     use_gathernd: Optional[bool] = None,
     enable_openvino_patch: bool = False,
     lowering: str = "auto",
-    custom_translation_table: Optional[Mapping[Callable[..., Any], Callable[..., Any]]] = None,
+    custom_translation_table: Optional[TranslationTable] = None,
+    no_grad: bool = True,
     **kwargs: Any,
 ) -> Any:
     """Export ``model`` like ``torch.onnx.export``, writing deform_conv2d as standard operators.
 
     The exporter is the one ``torch.onnx.export`` of the installed torch uses by default (legacy
-    before torch 2.9, dynamo from 2.9), unless ``dynamo`` says otherwise. On the legacy path the
-    symbolic is registered only for the duration of the call, and any registration made before
-    with :func:`register_deform_conv2d_onnx_op` is restored afterwards.
+    before torch 2.9, dynamo from 2.9), unless ``dynamo`` says otherwise. When the default dynamo
+    exporter fails for a reason other than deform_conv2d (``torch.export`` refuses much Python
+    control flow), the export is retried with the legacy exporter, with one warning. On the legacy
+    path the symbolic is registered only for the duration of the call, and any registration made
+    before with :func:`register_deform_conv2d_onnx_op` is restored afterwards. A failed export
+    leaves no file behind.
 
     Args:
         model: the module to export; it is not modified.
         args: example inputs, as for ``torch.onnx.export``.
         f: the file path (or file object) to write.
-        dynamo: True for the dynamo exporter (torch >= 2.6), False for the legacy one,
-            None for the installed torch's default.
+        dynamo: True for the dynamo exporter only (torch >= 2.6), False for the legacy one,
+            None for the installed torch's default, with the legacy exporter as fallback.
         use_gathernd, enable_openvino_patch, lowering: how deform_conv2d is written, as for
             :func:`create_deform_conv2d_custom_op` (README, "Options").
         custom_translation_table: more translations for the dynamo exporter; it must not
-            translate deform_conv2d itself.
+            translate deform_conv2d itself. With one, there is no fallback.
+        no_grad: export under ``torch.no_grad()`` (default): torch's decompositions of some
+            operators (attention, for one) fail to trace with autograd enabled.
         **kwargs: passed to ``torch.onnx.export`` (``opset_version``, ``input_names``,
-            ``dynamic_axes`` or ``dynamic_shapes``, ...).
+            ``dynamic_shapes`` or ``dynamic_axes``, ...). ``dynamic_shapes`` given to the legacy
+            exporter is passed as the ``dynamic_axes`` it means.
 
     Returns:
         What ``torch.onnx.export`` returns (an ``ONNXProgram`` on the dynamo path).
@@ -59,44 +72,148 @@ def export(
     capabilities = versions.installed()
     exporter = capabilities.choose_exporter(dynamo)
     options = LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering)
-    leftover = _new_file_guard(f)
-    try:
+    grad_mode = torch.no_grad() if no_grad else contextlib.nullcontext()
+    with _our_error_lifted(), _no_partial_files(f) as remove_partial_files, grad_mode:
         if exporter == "dynamo":
-            # The translation function cannot see the target opset: check the lowering here.
-            options.resolve(kwargs.get("opset_version") or capabilities.dynamo_default_opset,
-                            TensorProto.FLOAT)
-            table = _translation_table(custom_translation_table, options)
-            return torch.onnx.export(
-                model, args, f, dynamo=True, custom_translation_table=table, **kwargs
+            return _export_dynamo_or_legacy(
+                model, args, f, options, capabilities, custom_translation_table, kwargs,
+                fallback=dynamo is None, before_fallback=remove_partial_files,
             )
         if custom_translation_table:
             raise ValueError(
                 "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
                 f"got a table of {len(custom_translation_table)} entries"
             )
-        torchscript_adapter.check_legacy_lowering(options, capabilities)
-        if not capabilities.cpu_float16_matmul and _has_cpu_float16(model, args):
-            raise DeformConvExportError(
-                f"float16: the legacy exporter runs the model to trace it, and torchvision's CPU "
-                f"kernel needs a float16 matmul, which torch {capabilities.version} does not have "
-                f"(torch >= {versions.CPU_FLOAT16_MATMUL} has); export a float32 copy of the model"
+        return _export_legacy(model, args, f, options, capabilities, _legacy_kwargs(model, args, kwargs))
+
+
+def _export_dynamo_or_legacy(
+    model: torch.nn.Module,
+    args: Any,
+    f: Any,
+    options: LoweringOptions,
+    capabilities: versions.TorchCapabilities,
+    custom_translation_table: Optional[TranslationTable],
+    kwargs: dict[str, Any],
+    *,
+    fallback: bool,
+    before_fallback: Callable[[], None],
+) -> Any:
+    """The dynamo exporter; if ``fallback`` and it fails for a reason not ours, the legacy one.
+
+    No fallback with a ``custom_translation_table`` (the legacy exporter cannot use it), for our
+    own errors (the legacy exporter would refuse the same call), or on a torch without a legacy
+    exporter. ``before_fallback`` deletes what the failed export wrote. If the legacy exporter
+    fails too, its error is raised, with the dynamo exporter's as its context.
+    """
+    try:
+        return _export_dynamo(model, args, f, options, capabilities, custom_translation_table, kwargs)
+    except Exception as error:
+        if not fallback or custom_translation_table or not _fallback_allowed(error):
+            raise
+        before_fallback()
+        result = _export_legacy(model, args, f, options, capabilities, _legacy_kwargs(model, args, kwargs))
+        warnings.warn(
+            f"export: the dynamo exporter failed ({_first_line(error)}); exported with the "
+            f"legacy exporter instead (pass dynamo=True to get the dynamo exporter's error)",
+            DeformConvWarning,
+            stacklevel=4,
+        )
+        return result
+
+
+def _export_dynamo(
+    model: torch.nn.Module,
+    args: Any,
+    f: Any,
+    options: LoweringOptions,
+    capabilities: versions.TorchCapabilities,
+    custom_translation_table: Optional[TranslationTable],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``torch.onnx.export(dynamo=True)`` with our translation added to the user's table."""
+    # The translation function cannot see the target opset: check the lowering here.
+    options.resolve(kwargs.get("opset_version") or capabilities.dynamo_default_opset, TensorProto.FLOAT)
+    table = _translation_table(custom_translation_table, options)
+    return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table, **kwargs)
+
+
+def _export_legacy(
+    model: torch.nn.Module,
+    args: Any,
+    f: Any,
+    options: LoweringOptions,
+    capabilities: versions.TorchCapabilities,
+    kwargs: dict[str, Any],
+) -> Any:
+    """``torch.onnx.export`` on the legacy exporter, with our symbolic registered for the call."""
+    torchscript_adapter.check_legacy_lowering(options, capabilities)
+    if not capabilities.cpu_float16_matmul and _has_cpu_float16(model, args):
+        raise DeformConvExportError(
+            f"float16: the legacy exporter runs the model to trace it, and torchvision's CPU "
+            f"kernel needs a float16 matmul, which torch {capabilities.version} does not have "
+            f"(torch >= {versions.CPU_FLOAT16_MATMUL} has); export a float32 copy of the model"
+        )
+    if capabilities.has_dynamo_keyword:
+        kwargs = {**kwargs, "dynamo": False}
+    previous = torchscript_adapter.registered_options()
+    torchscript_adapter.register(options)
+    try:
+        return torch.onnx.export(model, args, f, **kwargs)
+    finally:
+        torchscript_adapter.register(previous)
+
+
+def _fallback_allowed(error: BaseException) -> bool:
+    """The dynamo exporter failed for a reason the legacy exporter may not have."""
+    return _our_error(error) is None and _torch_compat.has_legacy_exporter()
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's type and the first line of its message, shortened to fit a warning line."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return f"{type(error).__name__}: {line[:200]}{'...' if len(line) > 200 else ''}"
+
+
+def _legacy_kwargs(model: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for the legacy exporter: ``dynamic_shapes`` becomes ``dynamic_axes``.
+
+    ``dynamic_shapes`` names inputs by position (a tuple) or by ``forward``'s parameter names (a
+    dict); ``dynamic_axes`` by graph input names, which are set to ``input_names`` or, when not
+    given, ``forward``'s parameter names. Dimension names are those of the ``Dim`` objects.
+
+    Raises:
+        ValueError: a ``dynamic_shapes`` entry that is not a dict or a sequence of axes.
+    """
+    shapes = kwargs.get("dynamic_shapes")
+    kwargs = {key: value for key, value in kwargs.items() if key != "dynamic_shapes"}
+    if shapes is None or kwargs.get("dynamic_axes"):
+        return kwargs
+    parameters = list(inspect.signature(model.forward).parameters)
+    count = len(args) if isinstance(args, (tuple, list)) else 1
+    names = list(kwargs.get("input_names") or parameters[:count])
+    by_position = shapes.items() if isinstance(shapes, dict) else enumerate(shapes)
+    axes: dict[str, dict[int, str]] = {}
+    for key, spec in by_position:
+        position = parameters.index(key) if isinstance(key, str) else key
+        if spec is None or position >= len(names):
+            continue
+        if not isinstance(spec, (dict, list, tuple)):
+            raise ValueError(
+                f"dynamic_shapes: expected a dict or a sequence of axes for input {key!r}, got {spec!r}"
             )
-        if capabilities.has_dynamo_keyword:
-            kwargs["dynamo"] = False
-        previous = torchscript_adapter.registered_options()
-        torchscript_adapter.register(options)
-        try:
-            return torch.onnx.export(model, args, f, **kwargs)
-        finally:
-            torchscript_adapter.register(previous)
-    except BaseException as error:
-        leftover()
-        # torch wraps an error raised while translating in two or three layers of its own;
-        # surface ours, which names the argument, what was expected and what was got.
-        ours = _our_error(error)
-        if ours is not None and ours is not error:
-            raise ours from error
-        raise
+        items = spec.items() if isinstance(spec, dict) else enumerate(spec)
+        name = names[position]
+        axes[name] = {int(axis): _dim_name(dim, name, int(axis)) for axis, dim in items if dim is not None}
+    return {**kwargs, "input_names": names, "dynamic_axes": axes}
+
+
+def _dim_name(dim: Any, input_name: str, axis: int) -> str:
+    """The name of a ``dynamic_shapes`` dimension: a ``Dim``'s own, a string, or a made-up one."""
+    if isinstance(dim, str):
+        return dim
+    return getattr(dim, "__name__", None) or f"{input_name}_dim{axis}"
 
 
 def _has_cpu_float16(model: torch.nn.Module, args: Any) -> bool:
@@ -140,13 +257,36 @@ def _translation_table(
     return table
 
 
-def _new_file_guard(f: Any) -> Callable[[], None]:
-    """A function that deletes ``f`` if it is a path that did not exist before the export."""
-    if not isinstance(f, (str, os.PathLike)) or os.path.exists(f):
-        return lambda: None
+@contextlib.contextmanager
+def _our_error_lifted() -> Iterator[None]:
+    """Raise our DeformConvExportError from under the errors torch wraps it in."""
+    try:
+        yield
+    except BaseException as error:
+        # torch wraps an error raised while translating in two or three layers of its own;
+        # surface ours, which names the argument, what was expected and what was got.
+        ours = _our_error(error)
+        if ours is not None and ours is not error:
+            raise ours from error
+        raise
+
+
+@contextlib.contextmanager
+def _no_partial_files(f: Any) -> Iterator[Callable[[], None]]:
+    """Deletes what the export wrote when it fails: ``f`` and the dynamo exporter's ``f.data``.
+
+    Only files that did not exist before; yields the function that deletes them, for a retry.
+    """
+    paths = [] if not isinstance(f, (str, os.PathLike)) else [os.fspath(f), os.fspath(f) + ".data"]
+    new = [path for path in paths if not os.path.exists(path)]
 
     def remove() -> None:
-        if os.path.exists(f):
-            os.remove(f)
+        for path in new:
+            if os.path.exists(path):
+                os.remove(path)
 
-    return remove
+    try:
+        yield remove
+    except BaseException:
+        remove()
+        raise

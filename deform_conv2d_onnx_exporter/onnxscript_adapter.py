@@ -8,10 +8,12 @@ The exporter calls it while tracing, with ``onnxscript.ir.Value`` inputs (the pa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from . import versions
 from .decomposition import emit_call
 from .emitter import Attribute, Emitter
 from .lowering import LoweringOptions
@@ -30,7 +32,7 @@ def _onnxscript() -> Any:
     except ImportError as error:
         raise DeformConvExportError(
             "onnxscript: the dynamo exporter path needs the package onnxscript "
-            f"(pip install onnxscript), got ImportError: {error}"
+            f"(pip install '{versions.TORCH_EXTRA}'), got ImportError: {error}"
         ) from error
     return onnxscript, ir
 
@@ -102,8 +104,55 @@ def translation_function(options: LoweringOptions) -> Callable[..., Any]:
     opset = max(OPSET, options.min_opset())
 
     def deform_conv2d_translation(*args: Any, **kwargs: Any) -> Any:
-        return emit_call(OnnxScriptEmitter(opset), options, DeformConv2dCall.bind(*args, **kwargs))
+        call = _static_group_counts(DeformConv2dCall.bind(*args, **kwargs))
+        return emit_call(OnnxScriptEmitter(opset), options, call)
 
     # The exporter derives the ONNX signature from the function's: the annotated ints and bools
     # become attributes, the unannotated tensors inputs of any type.
     return with_schema_signature(deform_conv2d_translation)
+
+
+def _static_group_counts(call: DeformConv2dCall[Any]) -> DeformConv2dCall[Any]:
+    """``call`` with ``groups`` and ``offset_groups`` as ints where the static shapes determine them.
+
+    torchvision computes them from channel counts: ``groups = input.shape[1] // weight.shape[1]``
+    and ``offset_groups = offset.shape[1] // (2 * kh * kw)``. When the dynamo exporter traced a
+    channel count as an expression of the dynamic sizes (a reshape with -1 over the height and
+    width), it hands over that expression, a symbolic scalar, instead of the int.
+
+    Raises:
+        DeformConvExportError: a count that stays symbolic, with the channel count it came from
+            and the ``dynamic_shapes`` that make it static.
+    """
+    input_shape, weight_shape, offset_shape = (_dims(v) for v in (call.input, call.weight, call.offset))
+    groups, offset_groups = call.constants["groups"], call.constants["offset_groups"]
+    if not isinstance(offset_groups, int) and weight_shape[2:] and offset_shape[1:2]:
+        kh, kw, channels = weight_shape[2], weight_shape[3], offset_shape[1]
+        if isinstance(kh, int) and isinstance(kw, int) and isinstance(channels, int):
+            offset_groups = channels // (2 * kh * kw)
+    if not isinstance(groups, int) and weight_shape[1:2] and input_shape[1:2]:
+        channels, group_channels = input_shape[1], weight_shape[1]
+        if isinstance(channels, int) and isinstance(group_channels, int):
+            groups = channels // group_channels
+    for name, count, channels, formula in (
+        ("groups", groups, input_shape[1:2], "input.shape[1] // weight.shape[1]"),
+        ("offset_groups", offset_groups, offset_shape[1:2], "offset.shape[1] // (2 * kh * kw)"),
+    ):
+        if not isinstance(count, int):
+            raise DeformConvExportError(
+                f"{name}: expected an int, got a symbolic value ({formula}, with channels "
+                f"{channels[0] if channels else 'of unknown count'}): the dynamo exporter traced a "
+                f"channel count as an expression of the dynamic sizes, as after a reshape with -1 "
+                f"over height and width (x.view(b, -1, h // 4, w // 4)). Declare those sizes as "
+                f"multiples in dynamic_shapes (for example {{2: 4 * Dim('hq'), 3: 4 * Dim('wq')}} "
+                f"with torch.export.Dim) so that the channel count is a number, or use dynamo=False"
+            )
+    constants = {**call.constants, "groups": groups, "offset_groups": offset_groups}
+    return dataclasses.replace(call, constants=constants)
+
+
+def _dims(value: Any) -> list[Any]:
+    """The dimensions of an exporter value: ints, or the expressions (str) of symbolic ones."""
+    if value is None or getattr(value, "shape", None) is None:
+        return []
+    return [d if isinstance(d, int) else str(getattr(d, "value", d)) for d in value.shape]

@@ -213,7 +213,25 @@ def _convert_other_nodes(model: onnx.ModelProto, source: int, target: int) -> on
     pending = [entry for entry in converted.opset_import if entry.domain == _PENDING_DOMAIN]
     for entry in pending:
         converted.opset_import.remove(entry)
+    _restore_what_the_converter_drops(model.graph, converted.graph)
     return converted
+
+
+def _restore_what_the_converter_drops(original: onnx.GraphProto, converted: onnx.GraphProto) -> None:
+    """Put back the nodes' metadata and the value_info that ``onnx.version_converter`` drops.
+
+    onnx 1.23's converter rebuilds the graph: node ``metadata_props`` (where exporters keep the
+    source line) are lost, and value_info is replaced by what its shape inference finds, which
+    leaves out entries such as the initializers'. Nodes are matched by their outputs, which the
+    converter keeps.
+    """
+    metadata = {tuple(node.output): node.metadata_props for node in original.node if node.metadata_props}
+    for node in converted.node:
+        props = metadata.get(tuple(node.output))
+        if props is not None and not node.metadata_props:
+            node.metadata_props.extend(props)
+    known = {info.name for info in converted.value_info}
+    converted.value_info.extend(info for info in original.value_info if info.name not in known)
 
 
 def _name_factory(graph: onnx.GraphProto) -> Callable[[str], str]:

@@ -41,7 +41,8 @@ _SCALAR_TYPES = {
 
 
 class DeformConvWarning(UserWarning):
-    """A call that works but probably does not do what the user meant."""
+    """A call that works, but not quite as asked: an ``export`` that fell back to the legacy
+    exporter, or a registration that the default exporter of the installed torch cannot see."""
 
 
 class TorchScriptEmitter(Emitter[Value]):
@@ -95,12 +96,14 @@ def register_deform_conv2d_onnx_op(
     enable_openvino_patch: bool = False,
     lowering: str = "auto",
 ) -> None:
-    """Register the decomposition with the legacy (TorchScript) exporter.
+    """Make ``torch.onnx.export`` write deform_conv2d as standard operators, on either exporter.
 
-    After this, ``torch.onnx.export(..., dynamo=False, opset_version=12 or higher)`` writes
-    ``torchvision::deform_conv2d`` as standard ONNX operators. Registering again replaces the
-    previous options. On torch >= 2.9, ``torch.onnx.export`` defaults to ``dynamo=True``, which
-    ignores this registration: pass ``dynamo=False``, or use :func:`export`.
+    After this, ``torch.onnx.export(model, args, f, opset_version=12 or higher)`` translates
+    ``torchvision::deform_conv2d`` with the decomposition: the legacy exporter through a
+    registered symbolic, and the dynamo exporter (torch >= 2.6, the default from torch 2.9) as if
+    the translation were in its ``custom_translation_table``. A ``custom_translation_table`` entry
+    for deform_conv2d given to ``torch.onnx.export`` still wins. Registering again replaces the
+    previous options.
 
     Args:
         use_gathernd, enable_openvino_patch, lowering: how deform_conv2d is written, as for
@@ -109,19 +112,52 @@ def register_deform_conv2d_onnx_op(
     Raises:
         DeformConvExportError: contradictory options, or ``lowering="native"`` on a torch whose
             legacy exporter cannot write opset 19 (torch < 2.2).
+
+    Warns:
+        DeformConvWarning: the installed torch's default exporter is the dynamo exporter, and its
+            table of translations is not one this package can extend (a torch newer than the
+            releases ``_torch_compat`` covers), so a plain ``torch.onnx.export`` would still write
+            ONNX DeformConv.
     """
     options = LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering)
-    check_legacy_lowering(options, versions.installed())
+    capabilities = versions.installed()
+    check_legacy_lowering(options, capabilities)
     register(options)
-    if versions.installed().dynamo_by_default:
+    if capabilities.has_dynamo_translation and _dynamo_default(options):
+        return
+    if capabilities.dynamo_by_default:
         warnings.warn(
-            f"deform_conv2d was registered for the legacy exporter only. torch "
-            f"{torch.__version__} defaults to torch.onnx.export(dynamo=True), which ignores "
-            f"this registration and writes ONNX DeformConv (opset >= 19). Pass dynamo=False to "
-            f"torch.onnx.export, or call deform_conv2d_onnx_exporter.export(...).",
+            f"deform_conv2d was registered for the legacy exporter only: torch "
+            f"{torch.__version__} defaults to torch.onnx.export(dynamo=True), whose translations "
+            f"this package cannot extend on this release, so that export writes ONNX DeformConv "
+            f"(opset >= 19). Pass dynamo=False to torch.onnx.export, or call "
+            f"deform_conv2d_onnx_exporter.export(...).",
             DeformConvWarning,
             stacklevel=2,
         )
+
+
+def _dynamo_default(options: Optional[LoweringOptions]) -> bool:
+    """Set (or for None remove) our translation as the dynamo exporter's default.
+
+    Returns False where that cannot be done: no registry to extend in the installed torch, or no
+    onnxscript (then the dynamo exporter cannot run at all).
+    """
+    if options is None:
+        return _torch_compat.set_dynamo_default_translation(OP_NAME, None)
+    try:
+        from .onnxscript_adapter import translation_function
+
+        translation_function(options)
+    except DeformConvExportError:
+        return False
+
+    def translation_for_opset(opset: int) -> Callable[..., Any]:
+        # The dynamo exporter translates at opset 18 or higher and converts down afterwards.
+        options.check_opset(opset)
+        return translation_function(options)
+
+    return _torch_compat.set_dynamo_default_translation(OP_NAME, translation_for_opset)
 
 
 def check_legacy_lowering(options: LoweringOptions, torch_capabilities: versions.TorchCapabilities) -> None:
@@ -141,18 +177,22 @@ def check_legacy_lowering(options: LoweringOptions, torch_capabilities: versions
 
 
 def unregister_deform_conv2d_onnx_op() -> None:
-    """Remove the registration; harmless when nothing is registered."""
-    global _registered
-    if _registered is not None:
-        torch.onnx.unregister_custom_op_symbolic(OP_NAME, _REGISTERED_FROM_OPSET)
-        _registered = None
+    """Remove the registration from both exporters; harmless when nothing is registered."""
+    register(None)
+    if versions.installed().has_dynamo_translation:
+        _dynamo_default(None)
 
 
 def register(options: Optional[LoweringOptions]) -> None:
-    """Register the symbolic with ``options``, or unregister for None. No warning."""
+    """Register the legacy exporter's symbolic with ``options``, or unregister it for None.
+
+    Only the legacy exporter: :func:`export` registers for the duration of one legacy export.
+    """
     global _registered
     if options is None:
-        unregister_deform_conv2d_onnx_op()
+        if _registered is not None:
+            torch.onnx.unregister_custom_op_symbolic(OP_NAME, _REGISTERED_FROM_OPSET)
+            _registered = None
         return
     torch.onnx.register_custom_op_symbolic(OP_NAME, make_symbolic(options), _REGISTERED_FROM_OPSET)
     _registered = options

@@ -16,7 +16,8 @@ torch           legacy default / max    ``dynamo=``      custom_translation  ``e
 2.4 – 2.5       17 / 20  [2.4.1]        yes              no                  legacy
 2.6 – 2.7       17 / 20  [2.6.0]        yes              yes                 legacy
 2.8             18 / 20                 yes              yes                 legacy
->= 2.9          20 / 23  [2.9.1 2.14.1] yes              yes                 dynamo
+>= 2.9          20 / 23  [2.9.1 2.14.1  yes              yes                 dynamo
+                2.15.0]
 ==============  ======================  ===============  ==================  ===================
 
 The highest opset is the highest ``opset_version`` the legacy exporter accepts; from torch 2.9 it
@@ -45,7 +46,9 @@ DYNAMO_TRANSLATION_TABLE = Version("2.6")
 DYNAMO_BY_DEFAULT = Version("2.9")
 #: First torch whose dynamo exporter keeps a dimension dynamic all through the model when its
 #: example size is 1 (measured: 2.6.0 fixes it to 1 at the input; 2.9.1 keeps the input dynamic
-#: but can fix it inside the model, after F.interpolate; 2.14.1 keeps it; 2.10 - 2.13 not measured).
+#: but can fix it inside the model, after F.interpolate; 2.14.1 and 2.15.0 keep it in the test
+#: suite's models, though 2.14.1 still fixed it on a model with a Swin backbone (issue 12);
+#: 2.10 - 2.13 not measured).
 DYNAMO_SIZE_ONE_DYNAMIC = Version("2.14")
 #: First torch whose dynamo exporter keeps sizes symbolic through shape arithmetic such as
 #: F.interpolate (measured: 2.6.0 fixes them to the example's, 2.9.1 keeps them).
@@ -64,6 +67,24 @@ _LEGACY_OPSETS = [
 CPU_FLOAT16_MATMUL = Version("2.1")
 #: First ONNX Runtime that runs the ONNX DeformConv operator (CPU: float and double).
 ONNXRUNTIME_DEFORMCONV = Version("1.25")
+
+
+#: What a plain ``pip install deform_conv2d_onnx_exporter`` leaves out, and the extra
+#: (pyproject.toml) that installs it: the exporters' packages, and ONNX Runtime for ``verify``.
+EXTRA_OF_PACKAGE = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "onnxruntime": "ort"}
+TORCH_EXTRA = "deform_conv2d_onnx_exporter[torch]"
+
+
+def missing_extra_message(what: str, error: ModuleNotFoundError) -> Optional[str]:
+    """One line saying which extra ``what`` needs, if ``error`` is a package an extra installs.
+
+    None when ``error`` is about another module (a real bug, to be raised as it is).
+    """
+    package = (error.name or "").split(".")[0]
+    if package not in EXTRA_OF_PACKAGE:
+        return None
+    extra = f"deform_conv2d_onnx_exporter[{EXTRA_OF_PACKAGE[package]}]"
+    return f"{what} needs {package}, which is not installed: pip install '{extra}'"
 
 
 def _release(version: str) -> Version:

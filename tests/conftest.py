@@ -56,6 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "reference_evaluator: the test runs its models on ONNX's reference evaluator, "
         "not on ONNX Runtime")
     config.addinivalue_line(
+        "markers", "dynamo_default: the test needs torch.onnx.export to use the dynamo exporter by default")
+    config.addinivalue_line(
         "markers", "recorded_results: the test reads the installed torch's row in tools/matrix-results")
     try:
         import torch  # noqa: F401

@@ -99,6 +99,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 and not TORCH.dynamo_symbolic_sizes):
             reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
                       f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})")
+        if reason is None and item.get_closest_marker("dynamo_default") and not TORCH.dynamo_by_default:
+            reason = (f"dynamo by default: torch {TORCH.version}'s torch.onnx.export uses the legacy "
+                      f"exporter unless told (dynamo is the default from {versions.DYNAMO_BY_DEFAULT})")
         if reason is None and item.get_closest_marker("recorded_results") and recorded_result() is None:
             reason = (f"support table: tools/matrix-results has no results for torch {TORCH.version} "
                       "yet (its nox session writes them)")

@@ -25,7 +25,7 @@ from support import (
 )
 
 import deform_conv2d_onnx_exporter as dce
-from deform_conv2d_onnx_exporter import torchscript_adapter, versions
+from deform_conv2d_onnx_exporter import _torch_compat, torchscript_adapter, versions
 from deform_conv2d_onnx_exporter.lowering import LoweringOptions
 
 
@@ -210,7 +210,65 @@ def test_register_legacy_api_round_trip() -> None:
     assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
 
-def test_register_warns_where_dynamo_is_the_default() -> None:
+def _tutorial_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str, **kwargs) -> None:
+    """``torch.onnx.export`` as 1.x tutorials call it: no ``dynamo=`` (the default from torch 2.9)."""
+    if versions.installed().has_dynamo_translation:
+        kwargs.setdefault("verbose", False)
+    torch.onnx.export(module, inputs, path, **kwargs)
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_old_tutorial_flow_writes_the_decomposition(tmp_path, opset: int) -> None:
+    case = Case(offset_groups=2)
+    module, inputs, names = DeformConvCall(case), make_inputs(case), input_names(case)
+    path = str(tmp_path / "model.onnx")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dce.DeformConvWarning)
+        dce.register_deform_conv2d_onnx_op()
+        dce.register_deform_conv2d_onnx_op()  # twice: harmless
+    assert [w for w in caught if issubclass(w.category, dce.DeformConvWarning)] == []
+    _tutorial_export(module, inputs, path, opset_version=opset, input_names=names)
+    model = onnx.load(path)
+    assert "DeformConv" not in {node.op_type for node in model.graph.node}
+    assert [e.version for e in model.opset_import if e.domain in ("", "ai.onnx")] == [opset]
+    assert_matches(run(model.SerializeToString(), names, inputs), module(*inputs), torch.float32)
+
+
+@pytest.mark.dynamo
+def test_registration_reaches_an_explicit_dynamo_export(tmp_path) -> None:
+    case = Case(mask=False)
+    module, inputs, names = DeformConvCall(case), make_inputs(case), input_names(case)
+    dce.register_deform_conv2d_onnx_op(lowering="gather_rows")
+    program = torch.onnx.export(module, inputs, dynamo=True, verbose=False, input_names=names)
+    ops = {node.op_type for node in program.model_proto.graph.node}
+    assert "Gather" in ops and "DeformConv" not in ops and "GridSample" not in ops
+    assert_matches(run(program.model_proto.SerializeToString(), names, inputs), module(*inputs),
+                   torch.float32)
+    # the translation cannot see the target opset: a lowering it cannot hold is refused, not written
+    dce.register_deform_conv2d_onnx_op(lowering="native")
+    with pytest.raises(dce.DeformConvExportError, match="lowering: 'native' needs opset >= 19, got opset 18"):
+        torch.onnx.export(module, inputs, dynamo=True, verbose=False, opset_version=18)
+
+
+@pytest.mark.dynamo
+@pytest.mark.torch_writes_deformconv
+def test_unregister_gives_the_dynamo_exporter_back_its_own_translation() -> None:
+    case = Case()
+    module, inputs = DeformConvCall(case), make_inputs(case)
+    dce.register_deform_conv2d_onnx_op()
+    dce.register_deform_conv2d_onnx_op()
+    dce.unregister_deform_conv2d_onnx_op()
+    program = torch.onnx.export(module, inputs, dynamo=True, verbose=False, opset_version=19)
+    assert "DeformConv" in {node.op_type for node in program.model_proto.graph.node}
+
+
+def test_register_warns_only_where_a_plain_export_would_still_be_wrong(monkeypatch) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dce.DeformConvWarning)
+        dce.register_deform_conv2d_onnx_op()
+    assert [w for w in caught if issubclass(w.category, dce.DeformConvWarning)] == []
+    # A torch whose dynamo exporter this package cannot extend (newer than _torch_compat covers)
+    monkeypatch.setattr(_torch_compat, "set_dynamo_default_translation", lambda *args: False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", dce.DeformConvWarning)
         dce.register_deform_conv2d_onnx_op()

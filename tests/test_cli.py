@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import onnx
+import onnxruntime
 import pytest
 from onnx import helper
 from onnx_models import NodeCase, build, onnxruntime_max_opset
 
 from deform_conv2d_onnx_exporter.__main__ import PROGRESS_FROM, main
+from deform_conv2d_onnx_exporter.versions import onnxruntime_has_deformconv
 
 #: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
 pytestmark = pytest.mark.onnx_only
@@ -69,9 +71,107 @@ def test_verify_decomposes_a_model_with_deformconv_in_memory(
     assert "decomposed in memory (lowering gathernd)" in out and "OK: worst error" in out
 
 
-def test_verify_asks_for_symbolic_sizes(model_path: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["verify", model_path]) == 1
-    assert "input 'x': dimension 'N' has no size; give it with --shape N=N" in _one_error_line(capsys)
+def test_verify_asks_for_every_symbolic_size_at_once(
+    model_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", model_path, "--shape", "H=5"]) == 1
+    assert ("--shape: 4 symbolic dimension(s) have no size; give them with --shape N=N --shape W=N "
+            "--shape OH=N --shape OW=N") in _one_error_line(capsys)
+
+
+def test_verify_runs_the_reference_evaluator_on_small_models_or_on_request(
+    model_path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deform_conv2d_onnx_exporter import verify
+
+    shapes = ["--shape", "N=2", "--shape", "H=5", "--shape", "W=6", "--shape", "OH=5", "--shape", "OW=6"]
+    if onnxruntime_max_opset() < 19:  # an ONNX Runtime that cannot run the model's opset 19
+        shapes += ["--opset", str(onnxruntime_max_opset())]
+    feeds = verify.random_inputs(onnx.load(model_path), {"N": 2, "H": 5, "W": 6, "OH": 5, "OW": 6})
+    samples = verify.bilinear_samples(onnx.load(model_path), feeds)
+    assert samples == 2 * 4 * 3 * 3 * 5 * 6  # B · C · kh · kw · oh · ow
+    seconds = f"about {samples / verify.REFERENCE_EVALUATOR_SAMPLES_PER_SECOND:.0f} s"
+    monkeypatch.setattr(verify, "REFERENCE_EVALUATOR_MAX_SAMPLES", samples - 1)
+    assert main(["verify", model_path, *shapes]) == 0
+    captured = capsys.readouterr()
+    evaluator = f"onnx.reference {onnx.__version__} ({seconds})..."
+    # an ONNX Runtime without DeformConv leaves the reference model to the reference evaluator
+    reference = [] if onnxruntime_has_deformconv(onnxruntime.__version__) else [
+        f"deform-conv2d-onnx: running the reference on {evaluator}"]
+    assert f"skipped: {samples} samples, {seconds}; --reference-evaluator runs it" in captured.out
+    assert captured.err.splitlines() == reference
+    assert main(["verify", model_path, *shapes, "--reference-evaluator"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" not in captured.out
+    candidate = f"deform-conv2d-onnx: running {model_path} on {evaluator}"
+    assert captured.err.splitlines() == [*reference, candidate]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import deform_conv2d_onnx_exporter
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"deform-conv2d-onnx {deform_conv2d_onnx_exporter.__version__}\n"
+
+
+def test_decompose_refuses_to_overwrite_its_input(
+    model_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = Path(model_path).read_bytes()
+    assert main(["decompose", model_path, model_path]) == 1
+    assert "it would overwrite" in _one_error_line(capsys)
+    assert Path(model_path).read_bytes() == before
+
+
+def test_decompose_refuses_to_overwrite_the_inputs_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the input's weights are in out.onnx.data, where out.onnx with external data would put its own
+    model_path, weights = tmp_path / "model.onnx", tmp_path / "out.onnx.data"
+    onnx.save(build(NodeCase()), str(model_path), save_as_external_data=True, location=weights.name,
+              size_threshold=0)
+    before = weights.read_bytes()
+    assert main(["decompose", str(model_path), str(tmp_path / "out.onnx")]) == 1
+    assert f"it would overwrite {weights}" in _one_error_line(capsys)
+    assert weights.read_bytes() == before
+
+
+def test_directories_are_named_as_such(
+    model_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tmp_path)]) == 1
+    assert f"cannot read {tmp_path}: is a directory" in _one_error_line(capsys)
+    assert main(["decompose", model_path, str(tmp_path)]) == 1
+    assert f"cannot write {tmp_path}: is a directory" in _one_error_line(capsys)
+
+
+def _run_without(package: str, code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where importing ``package`` fails, as if not installed."""
+    prelude = f"import sys; sys.modules[{package!r}] = None; "
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
+                          cwd=os.getcwd())
+
+
+@pytest.mark.parametrize(
+    ("package", "argv", "extra"),
+    [("torch", ["demo"], "torch"), ("onnxruntime", ["verify", "m.onnx"], "ort")],
+)
+def test_commands_name_the_extra_they_need(package: str, argv: list[str], extra: str) -> None:
+    done = _run_without(package, "from deform_conv2d_onnx_exporter.__main__ import main; "
+                                 f"sys.exit(main({argv!r}))")
+    assert done.returncode == 1
+    assert done.stderr == (f"{ERROR}{argv[0]} needs {package}, which is not installed: "
+                           f"pip install 'deform_conv2d_onnx_exporter[{extra}]'\n")
+
+
+def test_torch_entry_points_name_the_extra_without_torch() -> None:
+    done = _run_without("torch", "import deform_conv2d_onnx_exporter as dce\ntry:\n    dce.export\n"
+                        "except ModuleNotFoundError as error:\n    print(error)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("deform_conv2d_onnx_exporter.export needs torch, which is not installed: "
+                           "pip install 'deform_conv2d_onnx_exporter[torch]'\n")
 
 
 def test_verify_needs_a_reference_with_deformconv(
