@@ -51,9 +51,14 @@ class Stack:
     onnx_ir: Optional[str] = None
 
     def pins(self) -> list[str]:
-        pins = [f"torch=={self.torch}", f"torchvision=={self.torchvision}", f"numpy=={self.numpy}",
-                f"onnx=={self.onnx}", f"onnxruntime=={self.onnxruntime}",
-                f"onnxscript=={self.onnxscript}"]
+        pins = [
+            f"torch=={self.torch}",
+            f"torchvision=={self.torchvision}",
+            f"numpy=={self.numpy}",
+            f"onnx=={self.onnx}",
+            f"onnxruntime=={self.onnxruntime}",
+            f"onnxscript=={self.onnxscript}",
+        ]
         return pins + ([f"onnx-ir=={self.onnx_ir}"] if self.onnx_ir else [])
 
 
@@ -70,12 +75,33 @@ STACKS = [
     Stack("2.2.2", "0.17.2", numpy="1.26.4", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.2.7"),
     Stack("2.4.1", "0.19.1", numpy="1.26.4", onnx="1.18.0", onnxruntime="1.20.1", onnxscript="0.2.7"),
     Stack("2.6.0", "0.21.0", numpy="2.2.6", onnx="1.17.0", onnxruntime="1.26.0", onnxscript="0.2.7"),
-    Stack("2.9.1", "0.24.1", numpy="2.3.5", onnx="1.19.1", onnxruntime="1.28.0", onnxscript="0.7.2",
-          onnx_ir="1.1.0"),
-    Stack("2.14.1", "0.29.1", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
-          onnx_ir="1.1.0"),
-    Stack("2.15.0", "0.29.2", numpy="2.4.6", onnx="1.23.2", onnxruntime="1.32.0", onnxscript="0.7.2",
-          onnx_ir="1.1.0"),
+    Stack(
+        "2.9.1",
+        "0.24.1",
+        numpy="2.3.5",
+        onnx="1.19.1",
+        onnxruntime="1.28.0",
+        onnxscript="0.7.2",
+        onnx_ir="1.1.0",
+    ),
+    Stack(
+        "2.14.1",
+        "0.29.1",
+        numpy="2.4.6",
+        onnx="1.23.2",
+        onnxruntime="1.32.0",
+        onnxscript="0.7.2",
+        onnx_ir="1.1.0",
+    ),
+    Stack(
+        "2.15.0",
+        "0.29.2",
+        numpy="2.4.6",
+        onnx="1.23.2",
+        onnxruntime="1.32.0",
+        onnxscript="0.7.2",
+        onnx_ir="1.1.0",
+    ),
 ]
 DEV = next(stack for stack in STACKS if stack.torch == "2.14.1")
 OTHERS = {stack.torch: stack for stack in STACKS if stack is not DEV}
@@ -124,16 +150,19 @@ def _add_session_facts(session: nox.Session, path: str, started: float) -> None:
     with open(path, "w") as file:
         json.dump(data, file, indent=1, sort_keys=True)
         file.write("\n")
-    session.log(f"wall time {data['session']['wall_seconds']} s, environment "
-                f"{data['session']['env_bytes'] / 1e9:.1f} GB ({location})")
+    session.log(
+        f"wall time {data['session']['wall_seconds']} s, environment "
+        f"{data['session']['env_bytes'] / 1e9:.1f} GB ({location})"
+    )
 
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """ruff, mypy, then the test suite on the newest torch; extra arguments go to pytest."""
+    """ruff (lint and format), mypy, then the test suite on the newest torch; extra arguments go to pytest."""
     started = time.monotonic()
     _install(session, DEV, "torch,test,dev")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
     session.run("mypy")
     _pytest(session, DEV, started, "--durations=15", *session.posargs)
 
@@ -187,8 +216,9 @@ def openvino(session: nox.Session) -> None:
 
 
 #: Fails if torch was installed: a plain install must not pull it (several GB).
-_NO_TORCH = ("import importlib.util, sys; "
-             "sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)")
+_NO_TORCH = (
+    "import importlib.util, sys; sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)"
+)
 
 
 @nox.session(python="3.11", reuse_venv=False)
@@ -200,8 +230,12 @@ def plain_install(session: nox.Session) -> None:
     session.run("python", "-c", _NO_TORCH)
     tmp = session.create_tmp()
     model, out = os.path.join(tmp, "dcn.onnx"), os.path.join(tmp, "out.onnx")
-    session.run("python", "-c", "import sys; sys.path.insert(0, 'tests'); import onnx, onnx_models; "
-                f"onnx.save(onnx_models.build(onnx_models.NodeCase()), {model!r})")
+    session.run(
+        "python",
+        "-c",
+        "import sys; sys.path.insert(0, 'tests'); import onnx, onnx_models; "
+        f"onnx.save(onnx_models.build(onnx_models.NodeCase()), {model!r})",
+    )
     session.run("deform-conv2d-onnx", "--version")
     session.run("deform-conv2d-onnx", "info", model)
     session.run("deform-conv2d-onnx", "decompose", model, out)
@@ -231,8 +265,15 @@ def bench(session: nox.Session) -> None:
 def fuzz(session: nox.Session) -> None:
     """The property-based tests with random examples, 500 of decompose_model instead of CI's fixed 60."""
     _install(session, DEV, "torch,test")
-    session.run("python", "-m", "pytest", "-q", "--hypothesis-profile=fuzz", "tests/test_properties.py",
-                *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "--hypothesis-profile=fuzz",
+        "tests/test_properties.py",
+        *session.posargs,
+    )
 
 
 #: The deployment tools of the ``toolchain`` session, the one place their versions are written down.
@@ -241,13 +282,36 @@ def fuzz(session: nox.Session) -> None:
 #: browser driver (puppeteer 24: 25 needs node 22), in a folder outside the clone. "apt": Debian's
 #: browser the web runtime runs in, and node.
 TOOLCHAIN = {
-    "python": ["onnxsim==0.8.1", "onnxslim==0.1.98", "onnxconverter-common==1.16.0", "openvino==2026.4.0",
-               "tract==0.23.9", "pnnx==20261020", "ncnn==1.0.20261020"],
-    "onnx2tf": ["onnx2tf==1.29.24", "tensorflow==2.19.0", "tf-keras==2.19.0", "ai-edge-litert==2.1.0",
-                "onnx==1.19.1", "onnxruntime==1.23.0", "onnxsim==0.4.36", "onnxoptimizer==0.4.2",
-                "onnx-graphsurgeon==0.5.8", "simple-onnx-processing-tools==1.1.32", "sng4onnx==2.0.1",
-                "numpy==1.26.4", "protobuf==4.25.5", "h5py==3.11.0", "ml-dtypes==0.5.1", "psutil==5.9.5",
-                "opencv-python-headless==4.11.0.86", "requests==2.32.5", "flatbuffers==25.12.19"],
+    "python": [
+        "onnxsim==0.8.1",
+        "onnxslim==0.1.98",
+        "onnxconverter-common==1.16.0",
+        "openvino==2026.4.0",
+        "tract==0.23.9",
+        "pnnx==20261020",
+        "ncnn==1.0.20261020",
+    ],
+    "onnx2tf": [
+        "onnx2tf==1.29.24",
+        "tensorflow==2.19.0",
+        "tf-keras==2.19.0",
+        "ai-edge-litert==2.1.0",
+        "onnx==1.19.1",
+        "onnxruntime==1.23.0",
+        "onnxsim==0.4.36",
+        "onnxoptimizer==0.4.2",
+        "onnx-graphsurgeon==0.5.8",
+        "simple-onnx-processing-tools==1.1.32",
+        "sng4onnx==2.0.1",
+        "numpy==1.26.4",
+        "protobuf==4.25.5",
+        "h5py==3.11.0",
+        "ml-dtypes==0.5.1",
+        "psutil==5.9.5",
+        "opencv-python-headless==4.11.0.86",
+        "requests==2.32.5",
+        "flatbuffers==25.12.19",
+    ],
     "npm": ["onnxruntime-web@1.30.0", "puppeteer-core@24.43.1"],
     "apt": ["chromium", "nodejs", "npm"],
 }
@@ -280,8 +344,16 @@ def _install_onnx2tf(session: nox.Session, folder: str) -> str:
     python = os.path.join(venv, "bin", "python")
     if not _pinned(venv, TOOLCHAIN["onnx2tf"]):
         session.run_install(os.path.join(session.bin, "python"), "-m", "venv", "--clear", venv, external=True)
-        session.run_install(python, "-m", "pip", "install", "--quiet", *TOOLCHAIN["onnx2tf"], external=True,
-                            env={"PIP_NO_CACHE_DIR": "1"})
+        session.run_install(
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            *TOOLCHAIN["onnx2tf"],
+            external=True,
+            env={"PIP_NO_CACHE_DIR": "1"},
+        )
         _stamp(venv, TOOLCHAIN["onnx2tf"])
     return python
 
@@ -292,8 +364,17 @@ def _install_npm(session: nox.Session, folder: str) -> str:
     if not _pinned(node, TOOLCHAIN["npm"]):
         os.makedirs(node, exist_ok=True)
         # puppeteer-core downloads no browser: it drives Debian's chromium
-        session.run_install("npm", "install", "--prefix", node, "--no-save", "--no-audit", "--no-fund",
-                            *TOOLCHAIN["npm"], external=True)
+        session.run_install(
+            "npm",
+            "install",
+            "--prefix",
+            node,
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            *TOOLCHAIN["npm"],
+            external=True,
+        )
         _stamp(node, TOOLCHAIN["npm"])
     return node
 
@@ -302,11 +383,21 @@ def _install_apt(session: nox.Session) -> None:
     if os.path.exists("/usr/bin/chromium") and shutil.which("npm"):
         return
     if os.geteuid() != 0:
-        session.error("toolchain: needs Debian's chromium (/usr/bin/chromium) and npm: "
-                      f"run `apt-get install {' '.join(TOOLCHAIN['apt'])}` as root")
+        session.error(
+            "toolchain: needs Debian's chromium (/usr/bin/chromium) and npm: "
+            f"run `apt-get install {' '.join(TOOLCHAIN['apt'])}` as root"
+        )
     session.run_install("apt-get", "update", "-qq", external=True)
-    session.run_install("apt-get", "install", "-y", "-qq", "--no-install-recommends", *TOOLCHAIN["apt"],
-                external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    session.run_install(
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        *TOOLCHAIN["apt"],
+        external=True,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 @nox.session(python="3.11")
@@ -320,7 +411,9 @@ def toolchain(session: nox.Session) -> None:
     session.install(*TOOLCHAIN["python"], *DEV.pins(), env={"PIP_NO_CACHE_DIR": "1"})
     folder = _toolchain_folder(session)
     _install_apt(session)
-    env = {"DCE_ONNX2TF_PYTHON": _install_onnx2tf(session, folder),
-           "DCE_NODE_MODULES": os.path.join(_install_npm(session, folder), "node_modules"),
-           "DCE_TOOLCHAIN_TABLE": os.path.join(folder, "table.md")}
+    env = {
+        "DCE_ONNX2TF_PYTHON": _install_onnx2tf(session, folder),
+        "DCE_NODE_MODULES": os.path.join(_install_npm(session, folder), "node_modules"),
+        "DCE_TOOLCHAIN_TABLE": os.path.join(folder, "table.md"),
+    }
     session.run("python", "-m", "pytest", "-q", "--toolchain", "tests/toolchain", *session.posargs, env=env)

@@ -51,9 +51,11 @@ class Shape:
     mask: bool
 
     def __str__(self) -> str:
-        return (f"B{self.batch} {self.in_channels}->{self.out_channels} {self.height}x{self.width} "
-                f"k{self.kernel} s{self.stride} p{self.padding} d{self.dilation} g{self.groups} "
-                f"og{self.offset_groups} {'mask' if self.mask else 'no mask'}")
+        return (
+            f"B{self.batch} {self.in_channels}->{self.out_channels} {self.height}x{self.width} "
+            f"k{self.kernel} s{self.stride} p{self.padding} d{self.dilation} g{self.groups} "
+            f"og{self.offset_groups} {'mask' if self.mask else 'no mask'}"
+        )
 
     @property
     def out_size(self) -> int:
@@ -94,15 +96,18 @@ def make_case(shape: Shape, seed: int = 0) -> tuple[object, dict[str, np.ndarray
     class Call(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            weight = torch.randn(shape.out_channels, shape.in_channels // shape.groups, k, k,
-                                 generator=generator) / math.sqrt(shape.in_channels * k * k)
+            weight = torch.randn(
+                shape.out_channels, shape.in_channels // shape.groups, k, k, generator=generator
+            ) / math.sqrt(shape.in_channels * k * k)
             self.weight = torch.nn.Parameter(weight)
             self.bias = torch.nn.Parameter(torch.randn(shape.out_channels, generator=generator))
 
-        def forward(self, x: torch.Tensor, offset: torch.Tensor,
-                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-            return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, shape.stride,
-                                                 shape.padding, shape.dilation, mask)
+        def forward(
+            self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None
+        ) -> torch.Tensor:
+            return torchvision.ops.deform_conv2d(
+                x, offset, self.weight, self.bias, shape.stride, shape.padding, shape.dilation, mask
+            )
 
     inputs = {
         "x": torch.randn(shape.batch, shape.in_channels, shape.height, shape.width, generator=generator),
@@ -113,8 +118,7 @@ def make_case(shape: Shape, seed: int = 0) -> tuple[object, dict[str, np.ndarray
     return Call().eval(), {name: t.numpy() for name, t in inputs.items()}
 
 
-def export_lowering(module: object, inputs: dict[str, np.ndarray], lowering: str,
-                    path: str) -> float:
+def export_lowering(module: object, inputs: dict[str, np.ndarray], lowering: str, path: str) -> float:
     """Export with the legacy exporter at opset 19 (native needs it); returns seconds."""
     import torch
 
@@ -122,8 +126,16 @@ def export_lowering(module: object, inputs: dict[str, np.ndarray], lowering: str
 
     args = tuple(torch.from_numpy(a) for a in inputs.values())
     start = time.perf_counter()
-    dce.export(module, args, path, dynamo=False, lowering=lowering, opset_version=19,
-               input_names=list(inputs), output_names=["out"])
+    dce.export(
+        module,
+        args,
+        path,
+        dynamo=False,
+        lowering=lowering,
+        opset_version=19,
+        input_names=list(inputs),
+        output_names=["out"],
+    )
     return time.perf_counter() - start
 
 
@@ -133,17 +145,32 @@ def export_dense_conv(shape: Shape, path: str) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     k = shape.kernel
-    weight = np.random.default_rng(0).standard_normal(
-        (shape.out_channels, shape.in_channels // shape.groups, k, k)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w"], ["out"], kernel_shape=[k, k],
-                            strides=[shape.stride] * 2, pads=[shape.padding] * 4,
-                            dilations=[shape.dilation] * 2, group=shape.groups)
+    weight = (
+        np.random.default_rng(0)
+        .standard_normal((shape.out_channels, shape.in_channels // shape.groups, k, k))
+        .astype(np.float32)
+    )
+    node = helper.make_node(
+        "Conv",
+        ["x", "w"],
+        ["out"],
+        kernel_shape=[k, k],
+        strides=[shape.stride] * 2,
+        pads=[shape.padding] * 4,
+        dilations=[shape.dilation] * 2,
+        group=shape.groups,
+    )
     graph = helper.make_graph(
-        [node], "dense",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                       [shape.batch, shape.in_channels, shape.height, shape.width])],
+        [node],
+        "dense",
+        [
+            helper.make_tensor_value_info(
+                "x", TensorProto.FLOAT, [shape.batch, shape.in_channels, shape.height, shape.width]
+            )
+        ],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w")])
+        [numpy_helper.from_array(weight, "w")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
 
 
@@ -173,8 +200,9 @@ def interleaved_times(
 
 def peak_memory_mb(model: str, inputs: str) -> float:
     """Max RSS of a fresh process that loads and runs only this model."""
-    out = subprocess.run([sys.executable, __file__, "--peak", model, inputs],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak", model, inputs], check=True, capture_output=True, text=True
+    ).stdout
     return float(out.strip())
 
 
@@ -262,17 +290,24 @@ def print_table(shape: Shape, rows: list[Row]) -> None:
     native, native_cpu = by_name["native"].median, by_name["native"].cpu_median
     dense = by_name["dense conv"].median
     print(f"\n{shape}")
-    print(f"  {'variant':<15}{'median ms':>10}{'IQR ms':>8}{'/native':>9}{'CPU/nat':>9}{'/dense':>8}"
-          f"{'nodes':>7}{'export s':>9}{'peak MB':>9}")
+    print(
+        f"  {'variant':<15}{'median ms':>10}{'IQR ms':>8}{'/native':>9}{'CPU/nat':>9}{'/dense':>8}"
+        f"{'nodes':>7}{'export s':>9}{'peak MB':>9}"
+    )
     for r in rows:
         if r.wrong is not None:
             print(f"  {r.name:<15} WRONG: max error {r.wrong:.3g} against torchvision; not timed")
             continue
-        cells = [f"{r.median:>10.2f}", f"{r.spread:>8.2f}", f"{r.median / native:>9.2f}",
-                 f"{r.cpu_median / native_cpu:>9.2f}", f"{r.median / dense:>8.2f}",
-                 f"{r.nodes if r.nodes is not None else '':>7}",
-                 f"{r.export_s:>9.2f}" if r.export_s is not None else f"{'':>9}",
-                 f"{r.peak_mb:>9.0f}" if r.peak_mb is not None else f"{'':>9}"]
+        cells = [
+            f"{r.median:>10.2f}",
+            f"{r.spread:>8.2f}",
+            f"{r.median / native:>9.2f}",
+            f"{r.cpu_median / native_cpu:>9.2f}",
+            f"{r.median / dense:>8.2f}",
+            f"{r.nodes if r.nodes is not None else '':>7}",
+            f"{r.export_s:>9.2f}" if r.export_s is not None else f"{'':>9}",
+            f"{r.peak_mb:>9.0f}" if r.peak_mb is not None else f"{'':>9}",
+        ]
         print(f"  {r.name:<15}" + "".join(cells))
 
 
@@ -288,9 +323,15 @@ def markdown_row(shape: Shape, rows: list[Row]) -> str:
     lowerings = [r.name for r in rows if r.name not in ("torchvision", "native", "dense conv")]
     default = by_name[DEFAULT]
     memory = (default.peak_mb or 0) / (native.peak_mb or 1)
-    cells = [str(shape), f"{native.median:.1f}",
-             *[ratio(name) for name in lowerings], f"{default.cpu_median / native.cpu_median:.2f}×",
-             ratio("torchvision"), ratio("dense conv"), f"{memory:.2f}×"]
+    cells = [
+        str(shape),
+        f"{native.median:.1f}",
+        *[ratio(name) for name in lowerings],
+        f"{default.cpu_median / native.cpu_median:.2f}×",
+        ratio("torchvision"),
+        ratio("dense conv"),
+        f"{memory:.2f}×",
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -314,8 +355,10 @@ def main() -> int:
     import onnxruntime
     import torch
 
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {THREADS} threads, "
-          f"{args.repeats} interleaved runs; medians; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {THREADS} threads, "
+        f"{args.repeats} interleaved runs; medians; load average {os.getloadavg()[0]:.1f}"
+    )
     shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
     speed: list[float] = []
     cpu_speed: list[float] = []
@@ -335,13 +378,17 @@ def main() -> int:
             cpu_speed.append(default.cpu_median / by_name["native"].cpu_median)
             memory.append((default.peak_mb or 0) / (by_name["native"].peak_mb or 1))
     if speed:
-        print(f"\n{DEFAULT} / native: geometric mean {geometric_mean(speed):.2f}x, max {max(speed):.2f}x "
-              f"(CPU time: {geometric_mean(cpu_speed):.2f}x, max {max(cpu_speed):.2f}x); "
-              f"peak memory / native: max {max(memory):.2f}x; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"\n{DEFAULT} / native: geometric mean {geometric_mean(speed):.2f}x, max {max(speed):.2f}x "
+            f"(CPU time: {geometric_mean(cpu_speed):.2f}x, max {max(cpu_speed):.2f}x); "
+            f"peak memory / native: max {max(memory):.2f}x; load average {os.getloadavg()[0]:.1f}"
+        )
     if args.markdown:
         names = " | ".join(f"{n} (default)" if n == DEFAULT else n for n in args.lowerings)
-        print(f"\n| shape (B Cin->Cout HxW k s p d g og) | native ms | {names} | {DEFAULT}, CPU time "
-              f"| torchvision eager | dense Conv | peak memory, default / native |")
+        print(
+            f"\n| shape (B Cin->Cout HxW k s p d g og) | native ms | {names} | {DEFAULT}, CPU time "
+            f"| torchvision eager | dense Conv | peak memory, default / native |"
+        )
         print("|---" * (len(args.lowerings) + 6) + "|")
         print("\n".join(table))
     return 1 if wrong else 0

@@ -89,11 +89,12 @@ def build_decoder(seed: int = 0) -> object:
             self.fuse = nn.Conv2d(channels, channels, 1)
 
         def forward(self, feature: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
-            up = nn.functional.interpolate(coarser, size=feature.shape[-2:], mode="bilinear",
-                                           align_corners=False)
+            up = nn.functional.interpolate(
+                coarser, size=feature.shape[-2:], mode="bilinear", align_corners=False
+            )
             predicted = self.predict(torch.cat([feature, up], dim=1))
-            offset = predicted[:, :self.split] * 2.0
-            mask = torch.sigmoid(predicted[:, self.split:])
+            offset = predicted[:, : self.split] * 2.0
+            mask = torch.sigmoid(predicted[:, self.split :])
             return torch.relu(self.fuse(self.align(feature, offset, mask)) + up)
 
     class Decoder(nn.Module):
@@ -101,11 +102,13 @@ def build_decoder(seed: int = 0) -> object:
 
         def __init__(self) -> None:
             super().__init__()
-            self.down = nn.ModuleList([
-                nn.Conv2d(3, 32, 3, stride=4, padding=1),
-                nn.Conv2d(32, 64, 3, stride=2, padding=1),
-                nn.Conv2d(64, 64, 3, stride=2, padding=1),
-            ])
+            self.down = nn.ModuleList(
+                [
+                    nn.Conv2d(3, 32, 3, stride=4, padding=1),
+                    nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                    nn.Conv2d(64, 64, 3, stride=2, padding=1),
+                ]
+            )
             self.top = DeformConv2d(64, 64, 3, padding=1)
             self.top_offset = nn.Conv2d(64, 27, 3, padding=1)
             self.levels = nn.ModuleList([AlignedLevel(64, 1), AlignedLevel(32, 2)])
@@ -136,8 +139,16 @@ def export_model(model: object, x: np.ndarray, lowering: str, path: str) -> None
 
     import deform_conv2d_onnx_exporter as dce
 
-    dce.export(model, (torch.from_numpy(x),), path, dynamo=False, lowering=lowering, opset_version=19,
-               input_names=["image"], output_names=["out"])
+    dce.export(
+        model,
+        (torch.from_numpy(x),),
+        path,
+        dynamo=False,
+        lowering=lowering,
+        opset_version=19,
+        input_names=["image"],
+        output_names=["out"],
+    )
 
 
 @dataclass
@@ -203,13 +214,17 @@ def main() -> int:
     import onnxruntime
     import torch
 
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {THREADS} threads, "
-          f"{args.repeats} interleaved runs; medians; load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {THREADS} threads, "
+        f"{args.repeats} interleaved runs; medians; load average {os.getloadavg()[0]:.1f} at start"
+    )
     cases = [CASES[i] for i in args.cases] if args.cases else CASES
     names = ["native", *args.lowerings, "torchvision"]
     header = "".join(f"{n:>17}" for n in names)
-    print(f"\nratios to native DeformConv, wall clock / CPU time (native: wall ms / CPU ms);"
-          f" last column: peak memory {DEFAULT} / native")
+    print(
+        f"\nratios to native DeformConv, wall clock / CPU time (native: wall ms / CPU ms);"
+        f" last column: peak memory {DEFAULT} / native"
+    )
     print(f"{'case':<24}{header}{'peak':>7}")
     speed: list[float] = []
     cpu_speed: list[float] = []
@@ -236,9 +251,11 @@ def main() -> int:
             peak = f"{(default.peak_mb or 0) / (rows['native'].peak_mb or 1):>6.2f}x"
         print(f"{str(case):<24}" + "".join(cells) + peak, flush=True)
     if speed:
-        print(f"\n{DEFAULT} / native: geometric mean {geometric_mean(speed):.2f}x, max {max(speed):.2f}x "
-              f"(CPU time: {geometric_mean(cpu_speed):.2f}x, max {max(cpu_speed):.2f}x); "
-              f"load average {os.getloadavg()[0]:.1f} at end")
+        print(
+            f"\n{DEFAULT} / native: geometric mean {geometric_mean(speed):.2f}x, max {max(speed):.2f}x "
+            f"(CPU time: {geometric_mean(cpu_speed):.2f}x, max {max(cpu_speed):.2f}x); "
+            f"load average {os.getloadavg()[0]:.1f} at end"
+        )
     return 1 if wrong else 0
 
 

@@ -61,7 +61,7 @@ def profile(path: str, feed: dict[str, np.ndarray], runs: int) -> tuple[float, l
     run_times: list[float] = []
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            name = f"{event['args'].get('op_name', '?'):<12} {event['name'][:-len('_kernel_time')]}"
+            name = f"{event['args'].get('op_name', '?'):<12} {event['name'][: -len('_kernel_time')]}"
             if name not in per_node:
                 order.append(name)
             per_node[name].append(event["dur"] / 1e3)
@@ -72,8 +72,9 @@ def profile(path: str, feed: dict[str, np.ndarray], runs: int) -> tuple[float, l
     return statistics.median(run_times[1:] or run_times), nodes
 
 
-def print_profile(title: str, run_ms: float, nodes: list[tuple[str, float]], min_share: float,
-                  by_op: bool) -> None:
+def print_profile(
+    title: str, run_ms: float, nodes: list[tuple[str, float]], min_share: float, by_op: bool
+) -> None:
     if by_op:
         per_op: dict[str, float] = collections.defaultdict(float)
         for name, ms in nodes:

@@ -63,16 +63,31 @@ def _parser() -> argparse.ArgumentParser:
         "print the max error against a model with native DeformConv",
     )
     verify.add_argument("model", help="a decomposed model, or a model with DeformConv (decomposed in memory)")
-    verify.add_argument("--reference", metavar="ORIGINAL.onnx",
-                        help="the model with native DeformConv to compare with; default: MODEL itself")
-    verify.add_argument("--shape", action="append", default=[], metavar="DIM=N|INPUT=AxBx...",
-                        help="size of a symbolic dimension, or the shape of one input (repeatable)")
+    verify.add_argument(
+        "--reference",
+        metavar="ORIGINAL.onnx",
+        help="the model with native DeformConv to compare with; default: MODEL itself",
+    )
+    verify.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="DIM=N|INPUT=AxBx...",
+        help="size of a symbolic dimension, or the shape of one input (repeatable)",
+    )
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    verify.add_argument("--tolerance", type=float, default=TOLERANCE,
-                        help=f"largest accepted absolute error (default {TOLERANCE:g})")
-    verify.add_argument("--reference-evaluator", action="store_true",
-                        help="also run ONNX's reference evaluator on a model too large for it to take "
-                        "seconds (by default it runs only on small ones)")
+    verify.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help=f"largest accepted absolute error (default {TOLERANCE:g})",
+    )
+    verify.add_argument(
+        "--reference-evaluator",
+        action="store_true",
+        help="also run ONNX's reference evaluator on a model too large for it to take "
+        "seconds (by default it runs only on small ones)",
+    )
     _add_lowering_arguments(verify)
     verify.set_defaults(run=_verify)
 
@@ -85,17 +100,26 @@ def _parser() -> argparse.ArgumentParser:
         help="export a small DCNv2 backbone both ways, run it on ONNX Runtime and print the "
         "max error against torchvision (needs torch)",
     )
-    demo.add_argument("--exporter", choices=["legacy", "dynamo"], action="append",
-                      help="only this exporter (repeatable); default: every one torch has")
+    demo.add_argument(
+        "--exporter",
+        choices=["legacy", "dynamo"],
+        action="append",
+        help="only this exporter (repeatable); default: every one torch has",
+    )
     demo.set_defaults(run=_demo)
     return parser
 
 
 def _add_lowering_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--opset", type=int,
-                        help="opset of the rewritten model, 12 or higher; default: the model's own")
-    parser.add_argument("--lowering", choices=LOWERINGS, default="auto",
-                        help="how DeformConv is written (README, 'Lowerings'); default: auto")
+    parser.add_argument(
+        "--opset", type=int, help="opset of the rewritten model, 12 or higher; default: the model's own"
+    )
+    parser.add_argument(
+        "--lowering",
+        choices=LOWERINGS,
+        default="auto",
+        help="how DeformConv is written (README, 'Lowerings'); default: auto",
+    )
 
 
 def _load(path: str) -> onnx.ModelProto:
@@ -118,8 +142,9 @@ def _decompose(args: argparse.Namespace) -> int:
 
     model = _load(args.input)
     data_file = os.path.basename(args.output) + ".data"
-    _refuse_to_overwrite_the_input(args.input, [args.output, os.path.join(os.path.dirname(args.output),
-                                                                          data_file)])
+    _refuse_to_overwrite_the_input(
+        args.input, [args.output, os.path.join(os.path.dirname(args.output), data_file)]
+    )
     count = sum(1 for _ in _main_graph_nodes(model))
 
     def progress(done: int, total: int, name: str) -> None:
@@ -128,8 +153,10 @@ def _decompose(args: argparse.Namespace) -> int:
 
     result = decompose_model(model, args.opset, args.lowering, progress=progress)
     for found in result.left_in_subgraphs:
-        print(f"{PROG}: warning: {found.describe()} left as it is (subgraphs are not rewritten)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: warning: {found.describe()} left as it is (subgraphs are not rewritten)",
+            file=sys.stderr,
+        )
     # protobuf cannot serialise 2 GB or more in one message: weights then go to a side file.
     large = result.model.ByteSize() > 1_800_000_000
     try:
@@ -137,9 +164,11 @@ def _decompose(args: argparse.Namespace) -> int:
     except OSError as error:
         raise CommandError(f"cannot write {args.output}: {error.strerror or error}") from error
     opset = next(e.version for e in result.model.opset_import if e.domain in ("", "ai.onnx"))
-    print(f"wrote {args.output}: {len(result.rewritten)} of {count} DeformConv nodes rewritten "
-          f"(lowering {args.lowering}, opset {opset}); {len(model.graph.node)} nodes before, "
-          f"{len(result.model.graph.node)} after")
+    print(
+        f"wrote {args.output}: {len(result.rewritten)} of {count} DeformConv nodes rewritten "
+        f"(lowering {args.lowering}, opset {opset}); {len(model.graph.node)} nodes before, "
+        f"{len(result.model.graph.node)} after"
+    )
     return 0
 
 
@@ -152,8 +181,10 @@ def _refuse_to_overwrite_the_input(input_path: str, outputs: list[str]) -> None:
     folder = os.path.dirname(input_path)
     read = [input_path] + [
         os.path.join(folder, entry.value)
-        for tensor in header.graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data if entry.key == "location"
+        for tensor in header.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
     ]
     for output in outputs:
         for source in read:
@@ -184,22 +215,28 @@ def _verify(args: argparse.Namespace) -> int:
     for name, array in feeds.items():
         print(f"input {name}: {array.dtype} {show_shape(array.shape)}")
     samples = verify.bilinear_samples(reference, feeds)
-    seconds = "an unknown time" if samples is None else (
-        f"about {samples / verify.REFERENCE_EVALUATOR_SAMPLES_PER_SECOND:.0f} s")
+    seconds = (
+        "an unknown time"
+        if samples is None
+        else (f"about {samples / verify.REFERENCE_EVALUATOR_SAMPLES_PER_SECOND:.0f} s")
+    )
     small = samples is not None and samples <= verify.REFERENCE_EVALUATOR_MAX_SAMPLES
     if args.reference_evaluator or small:
         runtimes.append(verify.reference_evaluator_runtime())
 
     def progress(model: str) -> Callable[[str], None]:
         # only the reference evaluator can take long, and only beyond the default budget
-        return lambda runtime: (_progress(f"running {model} on {runtime} ({seconds})")
-                                if runtime.startswith("onnx.reference") and not small else None)
+        return lambda runtime: (
+            _progress(f"running {model} on {runtime} ({seconds})")
+            if runtime.startswith("onnx.reference") and not small
+            else None
+        )
 
     runtime, expected = verify.reference_outputs(reference, feeds, progress("the reference"))
     print(f"reference: {args.reference or args.model} with native DeformConv on {runtime}")
     rows = verify.compare(candidate, feeds, expected, runtimes, progress(args.model))
     if len(runtimes) == 1:
-        note = (f"skipped: {samples or 'unknown'} samples, {seconds}; --reference-evaluator runs it")
+        note = f"skipped: {samples or 'unknown'} samples, {seconds}; --reference-evaluator runs it"
         rows.append(verify.Comparison(f"onnx.reference {onnx.__version__}", "*", None, note))
     return _print_comparison(rows, args.tolerance)
 
@@ -284,9 +321,11 @@ def _info(args: argparse.Namespace) -> int:
         except DeformConvExportError as error:
             print(f"  cannot be decomposed: {error}")
             continue
-        print(f"  decomposes as: stride={params.stride} padding={params.padding} "
-              f"dilation={params.dilation} groups={params.groups} "
-              f"offset_groups={params.offset_groups} mask={params.use_mask} kernel={params.kernel}")
+        print(
+            f"  decomposes as: stride={params.stride} padding={params.padding} "
+            f"dilation={params.dilation} groups={params.groups} "
+            f"offset_groups={params.offset_groups} mask={params.use_mask} kernel={params.kernel}"
+        )
     return 0
 
 

@@ -150,7 +150,9 @@ def deform_conv2d(
 def _float_type(elem_type: Optional[int]) -> int:
     """The input's element type, refused unless it is a floating-point type the core computes in."""
     if elem_type is None:
-        raise DeformConvExportError("input: the element type must be known at export time, got an unknown dtype")
+        raise DeformConvExportError(
+            "input: the element type must be known at export time, got an unknown dtype"
+        )
     if elem_type not in _FLOAT_TYPES:
         name = TensorProto.DataType.Name(elem_type).lower()
         raise DeformConvExportError(
@@ -166,7 +168,9 @@ def _native(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V]) ->
     """ONNX DeformConv, whose attributes and input layouts are torchvision's."""
     inputs = [tensors.input, tensors.weight, tensors.offset]
     if tensors.bias is not None or tensors.mask is not None:
-        inputs.append(tensors.bias if tensors.bias is not None else graph.floats(np.zeros(params.out_channels)))
+        inputs.append(
+            tensors.bias if tensors.bias is not None else graph.floats(np.zeros(params.out_channels))
+        )
     if tensors.mask is not None:
         inputs.append(tensors.mask)
     (pad_h, pad_w), (kh, kw) = params.padding, params.kernel
@@ -203,7 +207,9 @@ def _grid_sample(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V
     with graph.section("coordinates"):
         grid = _normalised_grid(graph, params, tensors.offset)  # (B*og, K, L, 2)
     with graph.section("sampling"):
-        image = graph.reshape(tensors.input, [images, cg, graph.size("H"), graph.size("W")])  # (B*og, Cg, H, W)
+        image = graph.reshape(
+            tensors.input, [images, cg, graph.size("H"), graph.size("W")]
+        )  # (B*og, Cg, H, W)
         # dm: (B, og*K, oh, ow) -> (B*og, 1, K, L)
         mask = tensors.mask
         if mask is not None:
@@ -300,15 +306,13 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V) -> V
         # scale 2/W and base (2 (p0 + pk) + 1) / W - 1, the latter (K, 1, L)
         static = _static_regular_grid(graph, params, axis, taps_first=True)
         if static is not None and isinstance(size, int):
-            base = ((2.0 * static + 1.0) / size - 1.0).reshape(taps, 1, -1)
-            scale, base_value = graph.floats(2.0 / size), graph.floats(base)
+            scale, base_value = graph.floats(2.0 / size), graph.floats((2.0 * static + 1.0) / size - 1.0)
         else:
             float_size = graph.as_float(size)
             scale = graph.op("Div", graph.floats(2.0), float_size)
             regular = _regular_grid(graph, params, axis, taps_first=True)
             doubled = graph.op("Add", graph.op("Mul", regular, graph.floats(2.0)), graph.floats(1.0))
             base_value = graph.op("Sub", graph.op("Div", doubled, float_size), graph.floats(1.0))
-            base_value = graph.reshape(base_value, [taps, 1, positions])
         coordinates.append(graph.op("Add", graph.op("Mul", delta, scale), base_value))  # (B*og, K, 1, L)
     grid = graph.op("Concat", *coordinates, axis=2)  # (B*og, K, 2, L)
     # GridSample turns a huge, infinite or NaN coordinate into an out-of-range integer and then
@@ -345,7 +349,9 @@ def _kernel_times_columns(
 CornerReader = Callable[["_Graph[V]", DeformConvParams, V, V], V]
 
 
-def _gather(read_corners: CornerReader[V], graph: _Graph[V], params: DeformConvParams, tensors: Operands[V]) -> V:
+def _gather(
+    read_corners: CornerReader[V], graph: _Graph[V], params: DeformConvParams, tensors: Operands[V]
+) -> V:
     """Bilinear sampling by gathering the four corners of every sample, then the kernel.
 
     The corners are read as channel vectors from a channels-last copy of the padded input, so
@@ -464,7 +470,9 @@ def _bilinear_corners(
         steps = graph.int64(np.array([0, 1, padded_width, padded_width + 1]) * og)
     else:
         below = graph.op("Mul", padded_width, graph.int64([og]))
-        steps = graph.op("Concat", graph.int64([0, og]), below, graph.op("Add", below, graph.int64([og])), axis=0)
+        steps = graph.op(
+            "Concat", graph.int64([0, og]), below, graph.op("Add", below, graph.int64([og])), axis=0
+        )
     index = graph.op("Add", top_left, steps)  # (B, L, K*og, 4)
     return index, weight
 
@@ -559,7 +567,9 @@ def _kernel_times_channels_last(graph: _Graph[V], params: DeformConvParams, samp
     reduced = taps * per_group
     # kernel: (Cout, C/G, kh, kw) -> (G, Cout/G, C/G, K) -> (G, K, C/G, Cout/G) -> (G, K*C/G, Cout/G)
     kernel = graph.reshape(weight, [groups, cout // groups, per_group, taps])
-    kernel = graph.reshape(graph.op("Transpose", kernel, perm=[0, 3, 2, 1]), [groups, reduced, cout // groups])
+    kernel = graph.reshape(
+        graph.op("Transpose", kernel, perm=[0, 3, 2, 1]), [groups, reduced, cout // groups]
+    )
     if groups == 1:
         columns = graph.reshape(samples, [graph.size("B"), graph.positions, reduced])  # (B, L, K*C)
         out = graph.op("MatMul", columns, graph.reshape(kernel, [reduced, cout]))  # (B, L, Cout)
@@ -582,7 +592,7 @@ def _regular_grid(graph: _Graph[V], params: DeformConvParams, axis: int, taps_fi
     """p0 + pk along one axis (0: y, 1: x) for every tap and output position, unpadded pixels.
 
     Returns:
-        (K, L, 1) if ``taps_first`` else (L, K, 1); a constant when the output size is static.
+        (K, 1, L) if ``taps_first`` else (L, K, 1); a constant when the output size is static.
     """
     static = _static_regular_grid(graph, params, axis, taps_first)
     if static is not None:
@@ -593,8 +603,10 @@ def _regular_grid(graph: _Graph[V], params: DeformConvParams, axis: int, taps_fi
     ones = graph.op("Expand", graph.floats(1.0), graph.shape([graph.size("oh"), graph.size("ow")]))
     counts = graph.op("CumSum", ones, graph.int64(axis))
     # o*stride - pad = (o + 1)*stride - (stride + pad)
-    positions = graph.op("Add", graph.op("Mul", counts, graph.floats(float(stride))), graph.floats(float(-stride - pad)))
-    positions = graph.reshape(positions, [1, graph.positions, 1] if taps_first else [graph.positions, 1, 1])
+    positions = graph.op(
+        "Add", graph.op("Mul", counts, graph.floats(float(stride))), graph.floats(float(-stride - pad))
+    )
+    positions = graph.reshape(positions, [1, 1, graph.positions] if taps_first else [graph.positions, 1, 1])
     taps = _tap_offsets(params, axis).reshape((-1, 1, 1) if taps_first else (1, -1, 1))
     return graph.op("Add", graph.floats(taps), positions)
 
@@ -609,7 +621,7 @@ def _static_regular_grid(
     rows, cols = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
     positions = (rows if axis == 0 else cols).reshape(-1) * params.stride[axis] - params.padding[axis]  # (L,)
     grid = _tap_offsets(params, axis)[:, None] + positions[None, :]  # (K, L)
-    return (grid if taps_first else grid.T)[..., None].astype(graph.dtype)
+    return (grid[:, None, :] if taps_first else grid.T[..., None]).astype(graph.dtype)
 
 
 def _tap_offsets(params: DeformConvParams, axis: int) -> np.ndarray:

@@ -40,9 +40,7 @@ class DCNv2Block(nn.Module):
         padding = kernel_size // 2
         self.offset_groups = offset_groups
         self.offset_scale = offset_scale
-        self.offset_and_mask = nn.Conv2d(
-            in_channels, 3 * offset_groups * taps, kernel_size, stride, padding
-        )
+        self.offset_and_mask = nn.Conv2d(in_channels, 3 * offset_groups * taps, kernel_size, stride, padding)
         self.deform = DeformConv2d(
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
         )
@@ -130,6 +128,9 @@ def _dynamic(exporter: versions.Exporter) -> dict[str, Any]:
     names = {"input_names": ["image"], "output_names": ["features"]}
     if exporter == "legacy":
         return {**names, "dynamic_axes": {"image": {0: "batch", 2: "height", 3: "width"}}}
-    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=8),
-            3: torch.export.Dim("width", min=8)}
+    dims = {
+        0: torch.export.Dim("batch"),
+        2: torch.export.Dim("height", min=8),
+        3: torch.export.Dim("width", min=8),
+    }
     return {**names, "dynamic_shapes": {"x": dims}, "verbose": False}

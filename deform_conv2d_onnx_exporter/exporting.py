@@ -76,8 +76,15 @@ def export(
     with _our_error_lifted(), _no_partial_files(f) as remove_partial_files, grad_mode:
         if exporter == "dynamo":
             return _export_dynamo_or_legacy(
-                model, args, f, options, capabilities, custom_translation_table, kwargs,
-                fallback=dynamo is None, before_fallback=remove_partial_files,
+                model,
+                args,
+                f,
+                options,
+                capabilities,
+                custom_translation_table,
+                kwargs,
+                fallback=dynamo is None,
+                before_fallback=remove_partial_files,
             )
         if custom_translation_table:
             raise ValueError(

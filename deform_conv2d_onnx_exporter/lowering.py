@@ -17,7 +17,14 @@ from .params import DeformConvExportError
 
 #: How the graph computes the call; see :class:`LoweringOptions`.
 Lowering = Literal["auto", "grid_sample", "gather_rows", "gathernd", "gatherelements", "native"]
-LOWERINGS: tuple[Lowering, ...] = ("auto", "grid_sample", "gather_rows", "gathernd", "gatherelements", "native")
+LOWERINGS: tuple[Lowering, ...] = (
+    "auto",
+    "grid_sample",
+    "gather_rows",
+    "gathernd",
+    "gatherelements",
+    "native",
+)
 
 #: The lowest opset any decomposition is valid in: every lowering's operators exist from opset 12
 #: (GatherND with batch_dims arrived there).
@@ -67,7 +74,7 @@ class LoweringOptions:
         return self.lowering
 
     def check_opset(self, opset: int) -> None:
-        """Raise DeformConvExportError, naming ``lowering`` or ``opset_version``, when ``opset`` is too low."""
+        """Raise DeformConvExportError, naming ``lowering`` or ``opset_version``, if ``opset`` is too low."""
         needed = self.min_opset()
         if opset >= needed:
             return
@@ -82,7 +89,9 @@ class LoweringOptions:
         )
 
     @classmethod
-    def from_api(cls, use_gathernd: Optional[bool], enable_openvino_patch: bool, lowering: str) -> LoweringOptions:
+    def from_api(
+        cls, use_gathernd: Optional[bool], enable_openvino_patch: bool, lowering: str
+    ) -> LoweringOptions:
         """Options from the public arguments.
 
         An explicit ``use_gathernd`` keeps its 1.x meaning: True for ``gathernd``, False for

@@ -185,4 +185,3 @@ def _check_output_size(
                 f"{size}, pads {list(pads)}, strides {list(strides)} and dilations {list(dilations)} "
                 f"give an output size of {expected}"
             )
-

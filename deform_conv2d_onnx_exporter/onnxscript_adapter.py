@@ -48,10 +48,8 @@ class OnnxScriptEmitter(Emitter[Any]):
         self._ops = onnxscript.values.Opset("", opset)
 
     def _node(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Attribute], name: str) -> Any:
-        out = getattr(self._ops, op_type)(*inputs, **attributes)
-        # the exporter keeps a traced node's name, making it unique with a suffix
-        out.producer().name = f"deform_conv2d/{name}"
-        return out
+        # the exporter names the nodes it records (onnxscript 0.2 refuses two equal names)
+        return getattr(self._ops, op_type)(*inputs, **attributes)
 
     def _constant(self, array: np.ndarray) -> Any:
         return self._ops.Constant(value=self._ir.tensor(array))

@@ -102,8 +102,9 @@ class DeformConvParams:
         _check_rank("offset", offset_shape, "(batch, 2 * offset_groups * kh * kw, out_h, out_w)")
         weight = _static_weight_shape(weight_shape)
         out_channels, group_channels, kh, kw = weight
-        _check_channel_counts(input_shape, offset_shape, mask_shape if use_mask else None, weight,
-                              groups, offset_groups)
+        _check_channel_counts(
+            input_shape, offset_shape, mask_shape if use_mask else None, weight, groups, offset_groups
+        )
         return cls(
             stride=(int(stride[0]), int(stride[1])),
             padding=(int(padding[0]), int(padding[1])),
@@ -140,16 +141,23 @@ def _check_channel_counts(
         )
     if in_channels % offset_groups != 0:
         raise DeformConvExportError(
-            f"offset_groups: in_channels={in_channels} must be divisible by "
-            f"offset_groups={offset_groups}"
+            f"offset_groups: in_channels={in_channels} must be divisible by offset_groups={offset_groups}"
         )
     taps = kh * kw
-    _check_channels("offset", offset_shape, 2 * offset_groups * taps,
-                    f"2 * offset_groups * kh * kw = 2 * {offset_groups} * {kh} * {kw}")
+    _check_channels(
+        "offset",
+        offset_shape,
+        2 * offset_groups * taps,
+        f"2 * offset_groups * kh * kw = 2 * {offset_groups} * {kh} * {kw}",
+    )
     if mask_shape is not None:
         _check_rank("mask", mask_shape, "(batch, offset_groups * kh * kw, out_h, out_w)")
-        _check_channels("mask", mask_shape, offset_groups * taps,
-                        f"offset_groups * kh * kw = {offset_groups} * {kh} * {kw}")
+        _check_channels(
+            "mask",
+            mask_shape,
+            offset_groups * taps,
+            f"offset_groups * kh * kw = {offset_groups} * {kh} * {kw}",
+        )
 
 
 def _check_pair(name: str, pair: tuple[int, int], *, minimum: int) -> None:

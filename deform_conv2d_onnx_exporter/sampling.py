@@ -83,8 +83,12 @@ def sampling_nodes(model: onnx.ModelProto) -> list[str]:
             if node.op_type not in _SHAPE_READERS:
                 stack.extend(name for name in node.input if name and name not in constants)
 
-    samplers = [node for node in graph.node if node.op_type in _SAMPLERS
-                and (node.op_type == "GridSample" or node.input[_SAMPLERS[node.op_type]] in varying)]
+    samplers = [
+        node
+        for node in graph.node
+        if node.op_type in _SAMPLERS
+        and (node.op_type == "GridSample" or node.input[_SAMPLERS[node.op_type]] in varying)
+    ]
     for sampler in samplers:
         found.add(id(sampler))
         walk_back([sampler.input[_SAMPLERS[sampler.op_type]]])
@@ -100,9 +104,11 @@ def sampling_nodes(model: onnx.ModelProto) -> list[str]:
     names = [node.name for node in graph.node if id(node) in found]
     if not all(names):
         unnamed = [node.op_type for node in graph.node if id(node) in found and not node.name]
-        raise ValueError(f"model: expected every sampling node to have a name, got {len(unnamed)} "
-                         f"without one ({', '.join(sorted(set(unnamed)))}); name them, for example "
-                         "with onnxruntime's quant_pre_process")
+        raise ValueError(
+            f"model: expected every sampling node to have a name, got {len(unnamed)} "
+            f"without one ({', '.join(sorted(set(unnamed)))}); name them, for example "
+            "with onnxruntime's quant_pre_process"
+        )
     return names
 
 

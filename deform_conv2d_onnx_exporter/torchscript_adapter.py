@@ -54,7 +54,9 @@ class TorchScriptEmitter(Emitter[Value]):
         super().__init__(_torch_compat.graph_opset(g))
         self._g = g
 
-    def _node(self, op_type: str, inputs: Sequence[Value], attributes: dict[str, Attribute], name: str) -> Value:
+    def _node(
+        self, op_type: str, inputs: Sequence[Value], attributes: dict[str, Attribute], name: str
+    ) -> Value:
         # the exporter names nodes after the module scope; the hint has no place here
         return self._g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()})
 

@@ -95,8 +95,9 @@ def _concrete_shape(name: str, tensor: onnx.TypeProto.Tensor, shapes: ShapeOverr
     whole = shapes.get(name)
     if isinstance(whole, list):
         return whole
-    sizes = [dim.dim_value if dim.HasField("dim_value") else shapes[dim.dim_param]
-             for dim in tensor.shape.dim]
+    sizes = [
+        dim.dim_value if dim.HasField("dim_value") else shapes[dim.dim_param] for dim in tensor.shape.dim
+    ]
     return [size for size in sizes if isinstance(size, int)]
 
 
@@ -105,9 +106,7 @@ def onnxruntime_runtime() -> Runtime:
     import onnxruntime
 
     def run(model: onnx.ModelProto, feeds: Feeds) -> list[np.ndarray]:
-        session = onnxruntime.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         return list(session.run(None, feeds))
 
     return f"onnxruntime {onnxruntime.__version__}", run
@@ -155,8 +154,10 @@ def bilinear_samples(model: onnx.ModelProto, feeds: Feeds) -> Optional[int]:
     except Exception:  # an invalid or unusual model: no estimate rather than no verify
         return None
     graph = inferred.graph
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in (*graph.input, *graph.value_info, *graph.output)}
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.input, *graph.value_info, *graph.output)
+    }
     shapes.update({i.name: list(i.dims) for i in graph.initializer})
     total = 0
     for node in (n for n in graph.node if n.op_type == "DeformConv"):

@@ -14,10 +14,17 @@ from hypothesis import HealthCheck, settings
 
 # "ci": a fixed budget, the same examples on every run; "fuzz": many random examples.
 _SLOW_EXPORTS = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None,
-                          suppress_health_check=_SLOW_EXPORTS, print_blob=True)
-settings.register_profile("fuzz", max_examples=500, deadline=None,
-                          suppress_health_check=_SLOW_EXPORTS, print_blob=True)
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=_SLOW_EXPORTS,
+    print_blob=True,
+)
+settings.register_profile(
+    "fuzz", max_examples=500, deadline=None, suppress_health_check=_SLOW_EXPORTS, print_blob=True
+)
 settings.load_profile("ci")
 
 
@@ -27,10 +34,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run the full cartesian configuration sweep (long) instead of the curated CI set",
     )
-    parser.addoption("--results-json", default=None,
-                     help="write the versions, capabilities and per-path counts of this run here")
-    parser.addoption("--toolchain", action="store_true",
-                     help="collect tests/toolchain: the deployment tools of nox's toolchain session")
+    parser.addoption(
+        "--results-json",
+        default=None,
+        help="write the versions, capabilities and per-path counts of this run here",
+    )
+    parser.addoption(
+        "--toolchain",
+        action="store_true",
+        help="collect tests/toolchain: the deployment tools of nox's toolchain session",
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
@@ -43,22 +56,31 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optio
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "dynamo: the test exports with the dynamo exporter")
     config.addinivalue_line(
-        "markers", "refusal: the test expects an error before any export, so its exporter, "
-        "lowering and opset need no support")
+        "markers",
+        "refusal: the test expects an error before any export, so its exporter, "
+        "lowering and opset need no support",
+    )
     config.addinivalue_line(
-        "markers", "symbolic_sizes: the test needs sizes kept symbolic through F.interpolate")
+        "markers", "symbolic_sizes: the test needs sizes kept symbolic through F.interpolate"
+    )
     config.addinivalue_line(
-        "markers", "onnx_only: the test rewrites ONNX models; its parameters name no export path")
+        "markers", "onnx_only: the test rewrites ONNX models; its parameters name no export path"
+    )
     config.addinivalue_line(
-        "markers", "torch_writes_deformconv: the test needs torch's own dynamo exporter to write ONNX "
-        "DeformConv for deform_conv2d")
+        "markers",
+        "torch_writes_deformconv: the test needs torch's own dynamo exporter to write ONNX "
+        "DeformConv for deform_conv2d",
+    )
     config.addinivalue_line(
-        "markers", "reference_evaluator: the test runs its models on ONNX's reference evaluator, "
-        "not on ONNX Runtime")
+        "markers",
+        "reference_evaluator: the test runs its models on ONNX's reference evaluator, not on ONNX Runtime",
+    )
     config.addinivalue_line(
-        "markers", "dynamo_default: the test needs torch.onnx.export to use the dynamo exporter by default")
+        "markers", "dynamo_default: the test needs torch.onnx.export to use the dynamo exporter by default"
+    )
     config.addinivalue_line(
-        "markers", "recorded_results: the test reads the installed torch's row in tools/matrix-results")
+        "markers", "recorded_results: the test reads the installed torch's row in tools/matrix-results"
+    )
     try:
         import torch  # noqa: F401
     except ImportError:

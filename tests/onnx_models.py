@@ -67,8 +67,11 @@ class NodeCase:
 
     def __str__(self) -> str:
         base = NodeCase()
-        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                   if getattr(self, f.name) != getattr(base, f.name)]
+        changed = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(base, f.name)
+        ]
         return ",".join(changed).replace(" ", "").replace("<class'numpy.", "").replace("'>", "") or "base"
 
 
@@ -108,13 +111,23 @@ def build(case: NodeCase, opset: int = 19, seed: int = 0) -> onnx.ModelProto:
         bias = rng.standard_normal(case.out_channels).astype(case.dtype)
         initializers.append(numpy_helper.from_array(bias, "B"))
     node = helper.make_node(
-        "DeformConv", node_inputs, ["y"], name="dcn",
-        kernel_shape=[kh, kw], strides=list(case.strides), pads=list(case.pads),
-        dilations=list(case.dilations), group=case.group, offset_group=case.offset_group,
+        "DeformConv",
+        node_inputs,
+        ["y"],
+        name="dcn",
+        kernel_shape=[kh, kw],
+        strides=list(case.strides),
+        pads=list(case.pads),
+        dilations=list(case.dilations),
+        group=case.group,
+        offset_group=case.offset_group,
     )
     graph = helper.make_graph(
-        [node], "one_deform_conv", inputs,
-        [helper.make_tensor_value_info("y", elem, [n, case.out_channels, out_h, out_w])], initializers,
+        [node],
+        "one_deform_conv",
+        inputs,
+        [helper.make_tensor_value_info("y", elem, [n, case.out_channels, out_h, out_w])],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9  # readable by every runtime tested, ONNX Runtime 1.24 included
@@ -122,11 +135,13 @@ def build(case: NodeCase, opset: int = 19, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def feeds(case: NodeCase, seed: int = 1, batch: int | None = None,
-          size: Pair | None = None) -> dict[str, np.ndarray]:
+def feeds(
+    case: NodeCase, seed: int = 1, batch: int | None = None, size: Pair | None = None
+) -> dict[str, np.ndarray]:
     """Random inputs; offsets are normal × the kernel's extent, so many samples leave the image."""
-    case = case.with_(batch=batch or case.batch, height=(size or (case.height, 0))[0],
-                      width=(size or (0, case.width))[1])
+    case = case.with_(
+        batch=batch or case.batch, height=(size or (case.height, 0))[0], width=(size or (0, case.width))[1]
+    )
     rng = np.random.default_rng(seed)
     taps = case.kernel[0] * case.kernel[1]
     oh, ow = case.out_size
@@ -186,11 +201,15 @@ def _onnxruntime_max_opset() -> int:
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
     nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
     for opset in range(onnx.defs.onnx_opset_version(), 12, -1):
-        model = helper.make_model(helper.make_graph(nodes, "probe", [x], [y]),
-                                  opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        model = helper.make_model(
+            helper.make_graph(nodes, "probe", [x], [y]),
+            opset_imports=[helper.make_opsetid("", opset)],
+            ir_version=8,
+        )
         try:
-            session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                                   providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
             session.run(None, {"x": np.zeros((2, 3), np.float32)})
         except Exception:  # noqa: BLE001 - onnxruntime's own error types
             continue

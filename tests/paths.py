@@ -78,8 +78,10 @@ def _torch_writes_deformconv() -> Optional[str]:
         return f"torch's own DeformConv: torch {TORCH.version} has no dynamo= keyword"
     version = metadata.version("onnxscript")
     if not versions.onnxscript_translates_deform_conv2d(version):
-        return (f"torch's own DeformConv: onnxscript {version} does not translate deform_conv2d "
-                f"(needs >= {versions.ONNXSCRIPT_DEFORMCONV})")
+        return (
+            f"torch's own DeformConv: onnxscript {version} does not translate deform_conv2d "
+            f"(needs >= {versions.ONNXSCRIPT_DEFORMCONV})"
+        )
     return None
 
 
@@ -91,20 +93,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             lowering, opset = None, None
         if item.get_closest_marker("onnx_only"):
             exporter, lowering, opset, dtype = "legacy", None, None, None
-        reason = missing_path(exporter, lowering, opset, dtype=dtype,
-                              on_onnxruntime=item.get_closest_marker("reference_evaluator") is None)
+        reason = missing_path(
+            exporter,
+            lowering,
+            opset,
+            dtype=dtype,
+            on_onnxruntime=item.get_closest_marker("reference_evaluator") is None,
+        )
         if reason is None and item.get_closest_marker("torch_writes_deformconv"):
             reason = _torch_writes_deformconv()
-        if (reason is None and exporter == "dynamo" and item.get_closest_marker("symbolic_sizes")
-                and not TORCH.dynamo_symbolic_sizes):
-            reason = (f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
-                      f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})")
+        if (
+            reason is None
+            and exporter == "dynamo"
+            and item.get_closest_marker("symbolic_sizes")
+            and not TORCH.dynamo_symbolic_sizes
+        ):
+            reason = (
+                f"dynamo symbolic sizes: torch {TORCH.version} fixes sizes computed by "
+                f"F.interpolate to the example's (needs >= {versions.DYNAMO_SYMBOLIC_SIZES})"
+            )
         if reason is None and item.get_closest_marker("dynamo_default") and not TORCH.dynamo_by_default:
-            reason = (f"dynamo by default: torch {TORCH.version}'s torch.onnx.export uses the legacy "
-                      f"exporter unless told (dynamo is the default from {versions.DYNAMO_BY_DEFAULT})")
+            reason = (
+                f"dynamo by default: torch {TORCH.version}'s torch.onnx.export uses the legacy "
+                f"exporter unless told (dynamo is the default from {versions.DYNAMO_BY_DEFAULT})"
+            )
         if reason is None and item.get_closest_marker("recorded_results") and recorded_result() is None:
-            reason = (f"support table: tools/matrix-results has no results for torch {TORCH.version} "
-                      "yet (its nox session writes them)")
+            reason = (
+                f"support table: tools/matrix-results has no results for torch {TORCH.version} "
+                "yet (its nox session writes them)"
+            )
         if reason is None:
             keep.append(item)
         else:
@@ -140,8 +157,9 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
     counts: Counter = config.stash[_COUNTS]
     deselected: Counter = config.stash[_DESELECTED]
     stats = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "skipped")}

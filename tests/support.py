@@ -49,13 +49,15 @@ def _matmul_broadcasts_over_an_empty_batch() -> bool:
     from onnx import TensorProto, helper
 
     values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "y")]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul", values[:2],
-                              values[2:])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul", values[:2], values[2:]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # the failure is the answer, not something to log
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     feeds = {"a": np.ones((2, 3, 4), np.float32), "b": np.ones((0, 2, 4, 5), np.float32)}
     try:
         return session.run(None, feeds)[0].shape == (0, 2, 3, 5)
@@ -67,8 +69,13 @@ def _matmul_broadcasts_over_an_empty_batch() -> bool:
 ORT_EMPTY_BATCH_MATMUL = _matmul_broadcasts_over_an_empty_batch()
 
 
-def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[int] = None,
-                 on_onnxruntime: bool = True, dtype: Optional[torch.dtype] = None) -> Optional[str]:
+def missing_path(
+    exporter: str,
+    lowering: Optional[str] = None,
+    opset: Optional[int] = None,
+    on_onnxruntime: bool = True,
+    dtype: Optional[torch.dtype] = None,
+) -> Optional[str]:
     """Why the installed torch and ONNX Runtime cannot run a test of these paths, None if they can.
 
     ``exporter`` is ``"legacy"``, ``"dynamo"`` or ``"decompose"`` (``decompose_model``, which needs
@@ -76,22 +83,35 @@ def missing_path(exporter: str, lowering: Optional[str] = None, opset: Optional[
     (``deform_conv2d_onnx_exporter.versions``).
     """
     if exporter == "dynamo" and not TORCH.has_dynamo_translation:
-        return (f"dynamo: torch {TORCH.version} has no custom_translation_table "
-                f"(needs >= {versions.DYNAMO_TRANSLATION_TABLE})")
+        return (
+            f"dynamo: torch {TORCH.version} has no custom_translation_table "
+            f"(needs >= {versions.DYNAMO_TRANSLATION_TABLE})"
+        )
     if exporter == "legacy" and opset is not None and opset > TORCH.legacy_max_opset:
         return f"legacy opset {opset}: torch {TORCH.version} writes opsets up to {TORCH.legacy_max_opset}"
-    if (lowering == "grid_sample" and dtype == torch.float64 and on_onnxruntime and exporter == "legacy"
-            and TORCH.legacy_max_opset < FLOAT64_GRID_SAMPLE_OPSET):
-        return (f"float64 grid_sample on onnxruntime: it has float64 GridSample from opset "
-                f"{FLOAT64_GRID_SAMPLE_OPSET}, torch {TORCH.version} writes opsets up to "
-                f"{TORCH.legacy_max_opset}")
+    if (
+        lowering == "grid_sample"
+        and dtype == torch.float64
+        and on_onnxruntime
+        and exporter == "legacy"
+        and TORCH.legacy_max_opset < FLOAT64_GRID_SAMPLE_OPSET
+    ):
+        return (
+            f"float64 grid_sample on onnxruntime: it has float64 GridSample from opset "
+            f"{FLOAT64_GRID_SAMPLE_OPSET}, torch {TORCH.version} writes opsets up to "
+            f"{TORCH.legacy_max_opset}"
+        )
     if lowering == "native":
         if exporter == "legacy" and TORCH.legacy_max_opset < NATIVE_MIN_OPSET:
-            return (f"native on legacy: torch {TORCH.version} writes opsets up to "
-                    f"{TORCH.legacy_max_opset}, DeformConv needs {NATIVE_MIN_OPSET}")
+            return (
+                f"native on legacy: torch {TORCH.version} writes opsets up to "
+                f"{TORCH.legacy_max_opset}, DeformConv needs {NATIVE_MIN_OPSET}"
+            )
         if on_onnxruntime and not ORT_HAS_DEFORMCONV:
-            return (f"native on onnxruntime: {onnxruntime.__version__} has no DeformConv "
-                    f"(needs >= {versions.ONNXRUNTIME_DEFORMCONV})")
+            return (
+                f"native on onnxruntime: {onnxruntime.__version__} has no DeformConv "
+                f"(needs >= {versions.ONNXRUNTIME_DEFORMCONV})"
+            )
     return None
 
 
@@ -125,13 +145,18 @@ class Case:
 
     @property
     def out_size(self) -> Pair:
-        return (_out(self.height, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]),
-                _out(self.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]))
+        return (
+            _out(self.height, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]),
+            _out(self.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]),
+        )
 
     def __str__(self) -> str:
         base = Case()
-        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                   if getattr(self, f.name) != getattr(base, f.name)]
+        changed = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(base, f.name)
+        ]
         return ",".join(changed).replace(" ", "") or "base"
 
 
@@ -156,22 +181,30 @@ class DeformConvCall(torch.nn.Module):
         self.bias = torch.nn.Parameter(bias) if case.bias else None
         self.eval()
 
-    def forward(self, x: torch.Tensor, offset: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         c = self.case
-        return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, c.stride,
-                                             c.padding, c.dilation, mask)
+        return torchvision.ops.deform_conv2d(
+            x, offset, self.weight, self.bias, c.stride, c.padding, c.dilation, mask
+        )
 
 
-def make_inputs(case: Case, dtype: torch.dtype = torch.float32, seed: int = 1,
-                batch: Optional[int] = None, size: Optional[Pair] = None) -> tuple[torch.Tensor, ...]:
+def make_inputs(
+    case: Case,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 1,
+    batch: Optional[int] = None,
+    size: Optional[Pair] = None,
+) -> tuple[torch.Tensor, ...]:
     """Random (x, offset[, mask]) for the case.
 
     Offsets are randn × the kernel's extent, so many samples fall partly or wholly outside the
     image; masks lie in [0, 1.5).
     """
-    case = case.with_(batch=batch or case.batch, height=(size or (case.height,))[0],
-                      width=(size or (0, case.width))[1])
+    case = case.with_(
+        batch=batch or case.batch, height=(size or (case.height,))[0], width=(size or (0, case.width))[1]
+    )
     generator = torch.Generator().manual_seed(seed)
     oh, ow = case.out_size
     taps = case.kernel[0] * case.kernel[1]
@@ -181,8 +214,7 @@ def make_inputs(case: Case, dtype: torch.dtype = torch.float32, seed: int = 1,
     offset = offset * reach
     inputs = [x, offset]
     if case.mask:
-        inputs.append(torch.rand(case.batch, case.offset_groups * taps, oh, ow,
-                                 generator=generator) * 1.5)
+        inputs.append(torch.rand(case.batch, case.offset_groups * taps, oh, ow, generator=generator) * 1.5)
     return tuple(t.to(dtype) for t in inputs)
 
 
@@ -190,9 +222,15 @@ def input_names(case: Case) -> list[str]:
     return ["x", "offset", "mask"] if case.mask else ["x", "offset"]
 
 
-def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: str,
-           lowering: str = "auto", names: Optional[list[str]] = None,
-           dynamic: Union[bool, Sequence[int]] = False, opset: Optional[int] = None) -> bytes:
+def export(
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    exporter: str,
+    lowering: str = "auto",
+    names: Optional[list[str]] = None,
+    dynamic: Union[bool, Sequence[int]] = False,
+    opset: Optional[int] = None,
+) -> bytes:
     """Export with our package's `export` and return the model bytes (checked by onnx).
 
     ``dynamic`` names the axes of every input that are symbolic in the model: True for batch,
@@ -217,8 +255,7 @@ def export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], exporter: 
         kwargs["verbose"] = False
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
-        dce.export(module, inputs, path, dynamo=exporter == "dynamo",
-                   lowering=lowering, **kwargs)
+        dce.export(module, inputs, path, dynamo=exporter == "dynamo", lowering=lowering, **kwargs)
         data = onnx.load(path).SerializeToString()  # with any external data inlined
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     return data
@@ -228,8 +265,9 @@ def _dynamic_kwargs(exporter: str, names: list[str], count: int, axes: tuple[int
     """The exporter's arguments that make ``axes`` (0: batch, 2: height, 3: width) of every input symbolic."""
     if exporter == "legacy":
         labels = {0: "batch", 2: "{name}_h", 3: "{name}_w"}
-        return {"dynamic_axes": {name: {axis: labels[axis].format(name=name) for axis in axes}
-                                 for name in names}}
+        return {
+            "dynamic_axes": {name: {axis: labels[axis].format(name=name) for axis in axes} for name in names}
+        }
     # By position: torch 2.6 reads a dict's keys as input_names, torch 2.9 as forward's parameters.
     # A bound: torch 2.6 fails the guard "batch != 2**63 - 1" of some models without one.
     batch = torch.export.Dim("batch", max=1024)
@@ -250,8 +288,9 @@ def run(model: bytes, names: list[str], inputs: tuple[torch.Tensor, ...]) -> np.
     return out
 
 
-def assert_matches(got: np.ndarray, expected: torch.Tensor, dtype: torch.dtype,
-                   against: str = "torchvision's") -> None:
+def assert_matches(
+    got: np.ndarray, expected: torch.Tensor, dtype: torch.dtype, against: str = "torchvision's"
+) -> None:
     """``got`` equals ``expected`` (the output of ``against``) within :data:`TOLERANCE` of ``dtype``."""
     atol, rtol = TOLERANCE[dtype]
     want = expected.detach().numpy()

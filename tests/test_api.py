@@ -59,8 +59,9 @@ def _legacy_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], **
         ("2.15.0.dev20261101", "dynamo", True, True, (20, 23)),
     ],
 )
-def test_version_detection(version: str, default: str, keyword: bool, translation: bool,
-                           legacy_opsets: tuple[int, int]) -> None:
+def test_version_detection(
+    version: str, default: str, keyword: bool, translation: bool, legacy_opsets: tuple[int, int]
+) -> None:
     caps = versions.capabilities(version)
     assert caps.default_exporter() == default
     assert caps.choose_exporter(None) == default
@@ -81,8 +82,9 @@ def test_version_detection(version: str, default: str, keyword: bool, translatio
             caps.choose_exporter(True)
 
 
-@pytest.mark.parametrize(("version", "has_deformconv"),
-                         [("1.15.1", False), ("1.24.4", False), ("1.25.0", True), ("1.32.0", True)])
+@pytest.mark.parametrize(
+    ("version", "has_deformconv"), [("1.15.1", False), ("1.24.4", False), ("1.25.0", True), ("1.32.0", True)]
+)
 def test_onnxruntime_version_detection(version: str, has_deformconv: bool) -> None:
     assert versions.onnxruntime_has_deformconv(version) is has_deformconv
 
@@ -100,8 +102,9 @@ def test_installed_torch_is_detected() -> None:
     parameters = inspect.signature(torch.onnx.export).parameters
     assert caps.has_dynamo_keyword == ("dynamo" in parameters)
     assert caps.has_dynamo_translation == ("custom_translation_table" in parameters)
-    assert caps.dynamo_by_default == (parameters.get("dynamo") is not None
-                                      and parameters["dynamo"].default is True)
+    assert caps.dynamo_by_default == (
+        parameters.get("dynamo") is not None and parameters["dynamo"].default is True
+    )
     x = (torch.randn(2, 3),)
     default = onnx.load_from_string(_legacy_export(_Double(), x))
     assert default.opset_import[0].version == caps.legacy_default_opset
@@ -123,8 +126,13 @@ def test_installed_torch_dynamo_default_opset_and_size_one_dimensions() -> None:
     program = torch.onnx.export(_Double(), (torch.randn(2, 3),), dynamo=True, verbose=False)
     opsets = {o.domain: o.version for o in program.model_proto.opset_import}
     assert opsets[""] == caps.dynamo_default_opset
-    program = torch.onnx.export(_Double(), (torch.randn(1, 3),), dynamo=True, verbose=False,
-                                dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    program = torch.onnx.export(
+        _Double(),
+        (torch.randn(1, 3),),
+        dynamo=True,
+        verbose=False,
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+    )
     batch = program.model_proto.graph.input[0].type.tensor_type.shape.dim[0]
     if caps.dynamo_keeps_size_one_dynamic:
         assert batch.dim_param == "batch", batch
@@ -139,20 +147,25 @@ def test_installed_onnxruntime_is_detected() -> None:
 
     node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], kernel_shape=[1, 1])
     tensors = {"x": [1, 1, 2, 2], "w": [1, 1, 1, 1], "offset": [1, 2, 2, 2], "y": [1, 1, 2, 2]}
-    values = {name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
-              for name, shape in tensors.items()}
+    values = {
+        name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+        for name, shape in tensors.items()
+    }
     graph = helper.make_graph([node], "g", [values["x"], values["w"], values["offset"]], [values["y"]])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=8)
-    feeds = {"x": np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2),
-             "w": np.ones((1, 1, 1, 1), np.float32), "offset": np.zeros((1, 2, 2, 2), np.float32)}
+    feeds = {
+        "x": np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2),
+        "w": np.ones((1, 1, 1, 1), np.float32),
+        "offset": np.zeros((1, 2, 2, 2), np.float32),
+    }
     if versions.onnxruntime_has_deformconv(onnxruntime.__version__):
-        session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(session.run(None, feeds)[0], feeds["x"])
     else:
         with pytest.raises(Exception, match="DeformConv"):
-            session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                                   providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(
+                model.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
             session.run(None, feeds)
 
 
@@ -175,8 +188,14 @@ def test_native_on_the_legacy_exporter_follows_the_installed_torch(tmp_path) -> 
     path = tmp_path / "model.onnx"
     caps = versions.installed()
     if caps.legacy_max_opset >= 19:
-        dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False, lowering="native",
-                   opset_version=19)
+        dce.export(
+            DeformConvCall(case),
+            make_inputs(case),
+            str(path),
+            dynamo=False,
+            lowering="native",
+            opset_version=19,
+        )
         assert {node.op_type for node in onnx.load(str(path)).graph.node} == {"DeformConv"}
     else:
         message = rf"lowering: 'native' needs opset >= 19, and the legacy exporter of torch {caps.version}"
@@ -242,8 +261,9 @@ def test_registration_reaches_an_explicit_dynamo_export(tmp_path) -> None:
     program = torch.onnx.export(module, inputs, dynamo=True, verbose=False, input_names=names)
     ops = {node.op_type for node in program.model_proto.graph.node}
     assert "Gather" in ops and "DeformConv" not in ops and "GridSample" not in ops
-    assert_matches(run(program.model_proto.SerializeToString(), names, inputs), module(*inputs),
-                   torch.float32)
+    assert_matches(
+        run(program.model_proto.SerializeToString(), names, inputs), module(*inputs), torch.float32
+    )
     # the translation cannot see the target opset: a lowering it cannot hold is refused, not written
     dce.register_deform_conv2d_onnx_op(lowering="native")
     with pytest.raises(dce.DeformConvExportError, match="lowering: 'native' needs opset >= 19, got opset 18"):
@@ -296,9 +316,14 @@ def test_custom_op_has_no_side_effects_and_works() -> None:
     assert torchscript_adapter.registered_options() is None
     case = Case(mask=False)
     module, inputs, names = DeformConvCall(case), make_inputs(case), input_names(case)
-    program = torch.onnx.export(module, inputs, dynamo=True, verbose=False, input_names=names,
-                                custom_translation_table={
-                                    torch.ops.torchvision.deform_conv2d.default: op})
+    program = torch.onnx.export(
+        module,
+        inputs,
+        dynamo=True,
+        verbose=False,
+        input_names=names,
+        custom_translation_table={torch.ops.torchvision.deform_conv2d.default: op},
+    )
     model = program.model_proto.SerializeToString()
     assert_matches(run(model, names, inputs), module(*inputs), torch.float32)
 
@@ -329,8 +354,7 @@ def test_failed_export_leaves_no_file(tmp_path) -> None:
     case = Case()
     path = tmp_path / "model.onnx"
     with pytest.raises(Exception, match="opset"):
-        dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False,
-                   opset_version=11)
+        dce.export(DeformConvCall(case), make_inputs(case), str(path), dynamo=False, opset_version=11)
     assert not os.path.exists(path)
 
 
@@ -345,8 +369,7 @@ def test_failed_export_leaves_no_file(tmp_path) -> None:
         (None, "native", "native"),
     ],
 )
-def test_options_from_the_public_arguments(use_gathernd: bool | None, lowering: str,
-                                           expected: str) -> None:
+def test_options_from_the_public_arguments(use_gathernd: bool | None, lowering: str, expected: str) -> None:
     assert LoweringOptions.from_api(use_gathernd, False, lowering).lowering == expected
 
 
@@ -358,8 +381,7 @@ def test_options_from_the_public_arguments(use_gathernd: bool | None, lowering: 
         (True, "grid_sample", r"use_gathernd: True asks for 'gathernd', which contradicts"),
     ],
 )
-def test_contradictory_options_are_refused(use_gathernd: bool | None, lowering: str,
-                                           message: str) -> None:
+def test_contradictory_options_are_refused(use_gathernd: bool | None, lowering: str, message: str) -> None:
     with pytest.raises(dce.DeformConvExportError, match=message):
         dce.create_deform_conv2d_custom_op(use_gathernd, lowering=lowering)
     with pytest.raises(dce.DeformConvExportError, match=message):
@@ -371,8 +393,7 @@ def test_openvino_patch_is_accepted_and_changes_nothing() -> None:
     module, inputs = DeformConvCall(case), make_inputs(case)
     plain, patched = io.BytesIO(), io.BytesIO()
     for target, patch in ((plain, False), (patched, True)):
-        dce.export(module, inputs, target, dynamo=False, lowering="gathernd",
-                   enable_openvino_patch=patch)
+        dce.export(module, inputs, target, dynamo=False, lowering="gathernd", enable_openvino_patch=patch)
     assert plain.getvalue() == patched.getvalue()
 
 
@@ -381,8 +402,9 @@ def test_translation_table_may_not_translate_deform_conv2d() -> None:
     case = Case()
     table = {torch.ops.torchvision.deform_conv2d.default: dce.create_deform_conv2d_custom_op()}
     with pytest.raises(ValueError, match="custom_translation_table: expected no entry"):
-        dce.export(DeformConvCall(case), make_inputs(case), io.BytesIO(), dynamo=True,
-                   custom_translation_table=table)
+        dce.export(
+            DeformConvCall(case), make_inputs(case), io.BytesIO(), dynamo=True, custom_translation_table=table
+        )
 
 
 _WITHOUT_ONNXSCRIPT = """
@@ -412,8 +434,9 @@ def test_works_without_onnxscript_on_the_legacy_path() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_ONNXSCRIPT], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ONNXSCRIPT], capture_output=True, text=True, check=True
+    )
     lines = result.stdout.splitlines()[-2:]  # torch 2.0 prints a banner of its own before them
     assert lines[0] == "legacy ok"
     assert lines[1].startswith("onnxscript: the dynamo exporter path needs the package onnxscript")
@@ -429,17 +452,26 @@ class _Call(torch.nn.Module):
 
 
 _BAD_CALLS = {
-    "mask channels": (torch.randn(6, 4, 3, 3), (torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5),
-                                                torch.rand(1, 8, 5, 5)),
-                      r"mask: expected 9 channels .*got mask.shape\[1\]=8"),
-    "integer input": (torch.randn(6, 4, 3, 3), (torch.randint(0, 5, (1, 4, 5, 5)), torch.randn(1, 18, 5, 5)),
-                      r"input: expected a floating-point tensor .*got int64"),
+    "mask channels": (
+        torch.randn(6, 4, 3, 3),
+        (torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5), torch.rand(1, 8, 5, 5)),
+        r"mask: expected 9 channels .*got mask.shape\[1\]=8",
+    ),
+    "integer input": (
+        torch.randn(6, 4, 3, 3),
+        (torch.randint(0, 5, (1, 4, 5, 5)), torch.randn(1, 18, 5, 5)),
+        r"input: expected a floating-point tensor .*got int64",
+    ),
     "weight inconsistent with the channels": (
-        torch.randn(6, 3, 3, 3), (torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5)),
-        r"input: expected in_channels = groups \* weight.shape\[1\] = 1 \* 3 = 3, got input.shape\[1\]=4"),
+        torch.randn(6, 3, 3, 3),
+        (torch.randn(1, 4, 5, 5), torch.randn(1, 18, 5, 5)),
+        r"input: expected in_channels = groups \* weight.shape\[1\] = 1 \* 3 = 3, got input.shape\[1\]=4",
+    ),
     "offset groups not dividing the channels": (
-        torch.randn(6, 4, 3, 3), (torch.randn(1, 4, 5, 5), torch.randn(1, 54, 5, 5)),
-        r"offset_groups: in_channels=4 must be divisible by offset_groups=3"),
+        torch.randn(6, 4, 3, 3),
+        (torch.randn(1, 4, 5, 5), torch.randn(1, 54, 5, 5)),
+        r"offset_groups: in_channels=4 must be divisible by offset_groups=3",
+    ),
 }
 
 

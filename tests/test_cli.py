@@ -75,8 +75,10 @@ def test_verify_asks_for_every_symbolic_size_at_once(
     model_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["verify", model_path, "--shape", "H=5"]) == 1
-    assert ("--shape: 4 symbolic dimension(s) have no size; give them with --shape N=N --shape W=N "
-            "--shape OH=N --shape OW=N") in _one_error_line(capsys)
+    assert (
+        "--shape: 4 symbolic dimension(s) have no size; give them with --shape N=N --shape W=N "
+        "--shape OH=N --shape OW=N"
+    ) in _one_error_line(capsys)
 
 
 def test_verify_runs_the_reference_evaluator_on_small_models_or_on_request(
@@ -96,8 +98,11 @@ def test_verify_runs_the_reference_evaluator_on_small_models_or_on_request(
     captured = capsys.readouterr()
     evaluator = f"onnx.reference {onnx.__version__} ({seconds})..."
     # an ONNX Runtime without DeformConv leaves the reference model to the reference evaluator
-    reference = [] if onnxruntime_has_deformconv(onnxruntime.__version__) else [
-        f"deform-conv2d-onnx: running the reference on {evaluator}"]
+    reference = (
+        []
+        if onnxruntime_has_deformconv(onnxruntime.__version__)
+        else [f"deform-conv2d-onnx: running the reference on {evaluator}"]
+    )
     assert f"skipped: {samples} samples, {seconds}; --reference-evaluator runs it" in captured.out
     assert captured.err.splitlines() == reference
     assert main(["verify", model_path, *shapes, "--reference-evaluator"]) == 0
@@ -130,8 +135,13 @@ def test_decompose_refuses_to_overwrite_the_inputs_weights(
 ) -> None:
     # the input's weights are in out.onnx.data, where out.onnx with external data would put its own
     model_path, weights = tmp_path / "model.onnx", tmp_path / "out.onnx.data"
-    onnx.save(build(NodeCase()), str(model_path), save_as_external_data=True, location=weights.name,
-              size_threshold=0)
+    onnx.save(
+        build(NodeCase()),
+        str(model_path),
+        save_as_external_data=True,
+        location=weights.name,
+        size_threshold=0,
+    )
     before = weights.read_bytes()
     assert main(["decompose", str(model_path), str(tmp_path / "out.onnx")]) == 1
     assert f"it would overwrite {weights}" in _one_error_line(capsys)
@@ -150,8 +160,9 @@ def test_directories_are_named_as_such(
 def _run_without(package: str, code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter where importing ``package`` fails, as if not installed."""
     prelude = f"import sys; sys.modules[{package!r}] = None; "
-    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
-                          cwd=os.getcwd())
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, cwd=os.getcwd()
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,19 +170,27 @@ def _run_without(package: str, code: str) -> subprocess.CompletedProcess[str]:
     [("torch", ["demo"], "torch"), ("onnxruntime", ["verify", "m.onnx"], "ort")],
 )
 def test_commands_name_the_extra_they_need(package: str, argv: list[str], extra: str) -> None:
-    done = _run_without(package, "from deform_conv2d_onnx_exporter.__main__ import main; "
-                                 f"sys.exit(main({argv!r}))")
+    done = _run_without(
+        package, f"from deform_conv2d_onnx_exporter.__main__ import main; sys.exit(main({argv!r}))"
+    )
     assert done.returncode == 1
-    assert done.stderr == (f"{ERROR}{argv[0]} needs {package}, which is not installed: "
-                           f"pip install 'deform_conv2d_onnx_exporter[{extra}]'\n")
+    assert done.stderr == (
+        f"{ERROR}{argv[0]} needs {package}, which is not installed: "
+        f"pip install 'deform_conv2d_onnx_exporter[{extra}]'\n"
+    )
 
 
 def test_torch_entry_points_name_the_extra_without_torch() -> None:
-    done = _run_without("torch", "import deform_conv2d_onnx_exporter as dce\ntry:\n    dce.export\n"
-                        "except ModuleNotFoundError as error:\n    print(error)")
+    done = _run_without(
+        "torch",
+        "import deform_conv2d_onnx_exporter as dce\ntry:\n    dce.export\n"
+        "except ModuleNotFoundError as error:\n    print(error)",
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ("deform_conv2d_onnx_exporter.export needs torch, which is not installed: "
-                           "pip install 'deform_conv2d_onnx_exporter[torch]'\n")
+    assert done.stdout == (
+        "deform_conv2d_onnx_exporter.export needs torch, which is not installed: "
+        "pip install 'deform_conv2d_onnx_exporter[torch]'\n"
+    )
 
 
 def test_verify_needs_a_reference_with_deformconv(
@@ -240,8 +259,9 @@ def test_progress_for_many_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     onnx.save(model, path)
     assert main(["decompose", path, out_path]) == 0
     lines = capsys.readouterr().err.splitlines()
-    assert lines == [f"[{i + 1}/{PROGRESS_FROM}] rewrote DeformConv {n.name!r}"
-                     for i, n in enumerate(model.graph.node)]
+    assert lines == [
+        f"[{i + 1}/{PROGRESS_FROM}] rewrote DeformConv {n.name!r}" for i, n in enumerate(model.graph.node)
+    ]
 
 
 def test_module_entry_point_needs_no_torch(model_path: str, tmp_path: Path) -> None:

@@ -32,7 +32,9 @@ class CountingEmitter(Emitter[Value]):
         super().__init__(opset)
         self.nodes: list[str] = []
 
-    def _node(self, op_type: str, inputs: Sequence[Value], attributes: dict[str, Attribute], name: str) -> Value:
+    def _node(
+        self, op_type: str, inputs: Sequence[Value], attributes: dict[str, Attribute], name: str
+    ) -> Value:
         self.nodes.append(op_type)
         return Value(None, inputs[0].elem_type if inputs else None)
 
@@ -49,16 +51,34 @@ class CountingEmitter(Emitter[Value]):
 def _call(input_type: Optional[int], lowering: str = "auto") -> CountingEmitter:
     e = CountingEmitter()
     call = DeformConv2dCall.bind(
-        Value((1, 4, 5, 5), input_type), Value((2, 4, 3, 3), TensorProto.FLOAT),
-        Value((1, 18, 5, 5), TensorProto.FLOAT), Value((1, 9, 5, 5), TensorProto.FLOAT),
-        Value((2,), TensorProto.FLOAT), 1, 1, 1, 1, 1, 1, 1, 1, True,
+        Value((1, 4, 5, 5), input_type),
+        Value((2, 4, 3, 3), TensorProto.FLOAT),
+        Value((1, 18, 5, 5), TensorProto.FLOAT),
+        Value((1, 9, 5, 5), TensorProto.FLOAT),
+        Value((2,), TensorProto.FLOAT),
+        1,
+        1,
+        1,
+        1,
+        1,
+        1,
+        1,
+        1,
+        True,
     )
     emit_call(e, LoweringOptions(lowering), call)  # type: ignore[arg-type]
     return e
 
 
-@pytest.mark.parametrize(("elem_type", "name"), [(TensorProto.INT64, "int64"), (TensorProto.INT32, "int32"),
-                                                  (TensorProto.BOOL, "bool"), (TensorProto.UINT8, "uint8")])
+@pytest.mark.parametrize(
+    ("elem_type", "name"),
+    [
+        (TensorProto.INT64, "int64"),
+        (TensorProto.INT32, "int32"),
+        (TensorProto.BOOL, "bool"),
+        (TensorProto.UINT8, "uint8"),
+    ],
+)
 def test_integer_and_bool_inputs_are_refused(elem_type: int, name: str) -> None:
     with pytest.raises(DeformConvExportError, match=rf"input: expected a floating-point tensor .*got {name}"):
         _call(elem_type)

@@ -130,8 +130,14 @@ def test_lowering_below_its_opset_is_refused(exporter: str, lowering: str, opset
 @pytest.mark.dynamo
 @pytest.mark.parametrize(
     ("opset", "lowering", "expected_op"),
-    [(18, "auto", "GridSample"), (None, "auto", "GridSample"), (22, "auto", "GridSample"),
-     (18, "gather_rows", "Gather"), (19, "native", "DeformConv"), (22, "native", "DeformConv")],
+    [
+        (18, "auto", "GridSample"),
+        (None, "auto", "GridSample"),
+        (22, "auto", "GridSample"),
+        (18, "gather_rows", "Gather"),
+        (19, "native", "DeformConv"),
+        (22, "native", "DeformConv"),
+    ],
 )
 def test_dynamo_opsets(opset: int | None, lowering: str, expected_op: str) -> None:
     case = Case(groups=2, offset_groups=2, mask=False)
@@ -176,10 +182,14 @@ def test_wide_images_float32(width: int) -> None:
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("case", [
-    Case(in_channels=8, out_channels=4, height=112, width=112, groups=2, offset_groups=2, batch=2),
-    Case(in_channels=8, out_channels=4, height=111, width=117, stride=(1, 2), mask=False, batch=2),
-], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(in_channels=8, out_channels=4, height=112, width=112, groups=2, offset_groups=2, batch=2),
+        Case(in_channels=8, out_channels=4, height=111, width=117, stride=(1, 2), mask=False, batch=2),
+    ],
+    ids=str,
+)
 def test_grid_sample_in_slices_of_positions(exporter: str, case: Case) -> None:
     """With static sizes, grid_sample computes a large problem a slice of output positions at a time
     (uneven slices in the second case): the same numbers as in one piece (dynamic sizes), whose error

@@ -142,8 +142,9 @@ class WrongMask(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        return torchvision.ops.deform_conv2d(x, torch.zeros(b, 18, h, w), self.weight, padding=1,
-                                             mask=torch.ones(b, 8, h, w))
+        return torchvision.ops.deform_conv2d(
+            x, torch.zeros(b, 18, h, w), self.weight, padding=1, mask=torch.ones(b, 8, h, w)
+        )
 
 
 @pytest.mark.dynamo_default
@@ -161,8 +162,13 @@ def test_our_error_is_never_hidden_by_the_fallback(tmp_path: Path) -> None:
 @pytest.mark.parametrize("no_grad", [True, False])
 def test_export_runs_without_autograd_unless_asked(tmp_path: Path, exporter: str, no_grad: bool) -> None:
     _grad_enabled.clear()
-    dce.export(GradProbe().eval(), (torch.randn(1, 2, 5, 5),), str(tmp_path / "model.onnx"),
-               dynamo=exporter == "dynamo", no_grad=no_grad)
+    dce.export(
+        GradProbe().eval(),
+        (torch.randn(1, 2, 5, 5),),
+        str(tmp_path / "model.onnx"),
+        dynamo=exporter == "dynamo",
+        no_grad=no_grad,
+    )
     assert _grad_enabled and set(_grad_enabled) == {not no_grad}
     assert torch.is_grad_enabled()
 
@@ -195,8 +201,9 @@ def _value(*shape: object) -> SimpleNamespace:
 
 def _counts(input: SimpleNamespace, offset: SimpleNamespace, groups: object, offset_groups: object) -> tuple:
     """(groups, offset_groups) of a call with a (8, 6, 3, 3) weight, as the translation sees them."""
-    call = DeformConv2dCall.bind(input, _value(8, 6, 3, 3), offset, None, None, 1, 1, 1, 1, 1, 1,
-                                 groups, offset_groups, False)
+    call = DeformConv2dCall.bind(
+        input, _value(8, 6, 3, 3), offset, None, None, 1, 1, 1, 1, 1, 1, groups, offset_groups, False
+    )
     done = _static_group_counts(call).constants
     return done["groups"], done["offset_groups"]
 
@@ -212,8 +219,13 @@ def test_group_counts_come_from_static_shapes_where_they_can() -> None:
 def test_legacy_exporter_takes_dynamic_shapes_as_dynamic_axes(tmp_path: Path) -> None:
     module, path = LoggingAlignment().eval(), tmp_path / "model.onnx"
     # by forward's parameter name, with names as strings (torch 2.0 has no torch.export.Dim)
-    dce.export(module, (torch.randn(2, 4, 12, 10),), str(path), dynamo=False,
-               dynamic_shapes={"x": {0: "batch", 2: "height", 3: "width"}})
+    dce.export(
+        module,
+        (torch.randn(2, 4, 12, 10),),
+        str(path),
+        dynamo=False,
+        dynamic_shapes={"x": {0: "batch", 2: "height", 3: "width"}},
+    )
     (graph_input,) = onnx.load(str(path)).graph.input
     dims = [d.dim_param for d in graph_input.type.tensor_type.shape.dim]
     assert (graph_input.name, dims) == ("x", ["batch", "", "height", "width"])

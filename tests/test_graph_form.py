@@ -29,8 +29,13 @@ _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
 
 def _cases(opsets: tuple[int | None, ...]) -> list[tuple[str, bool, int | None]]:
     """(lowering, dynamic sizes, opset) for every decomposition at every opset it can be written in."""
-    return [(lowering, dynamic, opset) for lowering in DECOMPOSITIONS for dynamic in (False, True)
-            for opset in opsets if not (lowering == "grid_sample" and opset is not None and opset < 16)]
+    return [
+        (lowering, dynamic, opset)
+        for lowering in DECOMPOSITIONS
+        for dynamic in (False, True)
+        for opset in opsets
+        if not (lowering == "grid_sample" and opset is not None and opset < 16)
+    ]
 
 
 #: The legacy exporter at an opset where auto means gather_rows and one where it means grid_sample;
@@ -40,8 +45,15 @@ _EXPORTS = [("legacy", *case) for case in _cases((13, 17))] + [("dynamo", *case)
 
 @pytest.mark.parametrize(("exporter", "lowering", "dynamic", "opset"), _EXPORTS)
 def test_exported_graph_form(exporter: str, lowering: str, dynamic: bool, opset: int | None) -> None:
-    data = export(DeformConvCall(CASE), make_inputs(CASE), exporter, lowering, input_names(CASE),
-                  dynamic=dynamic, opset=opset)
+    data = export(
+        DeformConvCall(CASE),
+        make_inputs(CASE),
+        exporter,
+        lowering,
+        input_names(CASE),
+        dynamic=dynamic,
+        opset=opset,
+    )
     _check_form(onnx.load_from_string(data))
 
 
@@ -55,7 +67,9 @@ def test_rewritten_graph_form(lowering: str, dynamic: bool, opset: int) -> None:
 def _check_form(model: onnx.ModelProto) -> None:
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     types = _tensor_types(inferred)
-    problems = [f"{name} has rank {rank}" for name, (_, rank) in types.items() if rank is not None and rank > 4]
+    problems = [
+        f"{name} has rank {rank}" for name, (_, rank) in types.items() if rank is not None and rank > 4
+    ]
     for node in model.graph.node:
         if node.op_type == "Range":
             problems.append(f"{node.name}: Range")
@@ -65,7 +79,9 @@ def _check_form(model: onnx.ModelProto) -> None:
             to = next(a.i for a in node.attribute if a.name == "to")
             if to in _FLOAT_TYPES:
                 problems.append(f"{node.name}: integer-to-float Cast")
-    problems += [f"{name}: MatMul operand computed from shapes" for name in _shape_derived_matmul_operands(model)]
+    problems += [
+        f"{name}: MatMul operand computed from shapes" for name in _shape_derived_matmul_operands(model)
+    ]
     assert problems == []
     SymbolicShapeInference.infer_shapes(model, auto_merge=True)
 
@@ -115,5 +131,10 @@ def _shape_derived_matmul_operands(model: onnx.ModelProto) -> list[str]:
                 memo[name] = (any(d for d, _ in found), any(s for _, s in found))
         return memo[name]
 
-    return [operand for node in model.graph.node if node.op_type == "MatMul"
-            for operand in node.input if facts(operand) == (False, True)]
+    return [
+        operand
+        for node in model.graph.node
+        if node.op_type == "MatMul"
+        for operand in node.input
+        if facts(operand) == (False, True)
+    ]

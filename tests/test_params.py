@@ -9,9 +9,16 @@ import pytest
 from deform_conv2d_onnx_exporter.params import DeformConvExportError, DeformConvParams
 
 GOOD: dict[str, Any] = dict(
-    input_shape=(2, 8, 10, 12), weight_shape=(6, 4, 3, 3), offset_shape=(2, 36, 10, 12),
-    mask_shape=(2, 18, 10, 12), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2,
-    offset_groups=2, use_mask=True,
+    input_shape=(2, 8, 10, 12),
+    weight_shape=(6, 4, 3, 3),
+    offset_shape=(2, 36, 10, 12),
+    mask_shape=(2, 18, 10, 12),
+    stride=(1, 1),
+    padding=(1, 1),
+    dilation=(1, 1),
+    groups=2,
+    offset_groups=2,
+    use_mask=True,
 )
 
 
@@ -22,9 +29,14 @@ def test_good_call() -> None:
 
 
 def test_symbolic_sizes_are_accepted() -> None:
-    params = DeformConvParams.from_call(**{**GOOD, "input_shape": (None, 8, None, None),
-                                           "offset_shape": (None, None, None, None),
-                                           "mask_shape": None})
+    params = DeformConvParams.from_call(
+        **{
+            **GOOD,
+            "input_shape": (None, 8, None, None),
+            "offset_shape": (None, None, None, None),
+            "mask_shape": None,
+        }
+    )
     assert params.kernel == (3, 3)
 
 

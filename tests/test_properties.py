@@ -84,11 +84,24 @@ class Call:
         """The same call as one ONNX DeformConv node (symmetric pads)."""
         c = self.case
         dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
-        return NodeCase(in_channels=c.in_channels, out_channels=c.out_channels, height=c.height,
-                        width=c.width, kernel=c.kernel, strides=c.stride, pads=(*c.padding, *c.padding),
-                        dilations=c.dilation, group=c.groups, offset_group=c.offset_groups, mask=c.mask,
-                        bias=c.bias, batch=c.batch, symbolic_batch=self.symbolic_batch,
-                        symbolic_size=self.symbolic_size, dtype=dtype)
+        return NodeCase(
+            in_channels=c.in_channels,
+            out_channels=c.out_channels,
+            height=c.height,
+            width=c.width,
+            kernel=c.kernel,
+            strides=c.stride,
+            pads=(*c.padding, *c.padding),
+            dilations=c.dilation,
+            group=c.groups,
+            offset_group=c.offset_groups,
+            mask=c.mask,
+            bias=c.bias,
+            batch=c.batch,
+            symbolic_batch=self.symbolic_batch,
+            symbolic_size=self.symbolic_size,
+            dtype=dtype,
+        )
 
 
 def _opsets(path: str, lowering: str, dtype: torch.dtype, model_opset: int) -> list[Optional[int]]:
@@ -115,18 +128,31 @@ def configurations(draw: st.DrawFn) -> Case:
     # The smallest image with an output: dilation·(k − 1) + 1 − 2·padding.
     height = draw(st.integers(max(1, dilation[0] * (kernel[0] - 1) + 1 - 2 * padding[0]), 40))
     width = draw(st.integers(max(1, dilation[1] * (kernel[1] - 1) + 1 - 2 * padding[1]), 40))
-    return Case(in_channels=in_channels, out_channels=groups * draw(st.integers(1, 2)),
-                height=height, width=width, kernel=kernel, stride=stride, padding=padding,
-                dilation=dilation, groups=groups, offset_groups=offset_groups,
-                mask=draw(st.booleans()), bias=draw(st.booleans()))
+    return Case(
+        in_channels=in_channels,
+        out_channels=groups * draw(st.integers(1, 2)),
+        height=height,
+        width=width,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        offset_groups=offset_groups,
+        mask=draw(st.booleans()),
+        bias=draw(st.booleans()),
+    )
 
 
 @st.composite
 def calls(draw: st.DrawFn, path: str) -> Call:
     """Calls of ``path`` that the installed torch and ONNX Runtime can write and run."""
     model_opset = draw(st.sampled_from([o for o in DEFORMCONV_OPSETS if o <= onnxruntime_max_opset()]))
-    lowering = draw(st.sampled_from([lowering for lowering in ["auto", *LOWERINGS]
-                                     if missing_path(path, lowering) is None]))
+    lowering = draw(
+        st.sampled_from(
+            [lowering for lowering in ["auto", *LOWERINGS] if missing_path(path, lowering) is None]
+        )
+    )
     dtype = draw(st.sampled_from([d for d in DTYPES if _opsets(path, lowering, d, model_opset)]))
     opset = draw(st.sampled_from(_opsets(path, lowering, dtype, model_opset)))
     symbolic_batch, symbolic_size = draw(st.booleans()), draw(st.booleans())
@@ -160,10 +186,13 @@ class Data:
         offset = rng.standard_normal((b, og, kh, kw, 2, oh, ow)) * scale
         if self.on_edges:
             # regular grid p0 + pk per (kh, kw, oh, ow) and axis
-            i, j, oy, ox = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(oh), np.arange(ow),
-                                       indexing="ij")
-            base = [oy * case.stride[0] - case.padding[0] + i * case.dilation[0],
-                    ox * case.stride[1] - case.padding[1] + j * case.dilation[1]]
+            i, j, oy, ox = np.meshgrid(
+                np.arange(kh), np.arange(kw), np.arange(oh), np.arange(ow), indexing="ij"
+            )
+            base = [
+                oy * case.stride[0] - case.padding[0] + i * case.dilation[0],
+                ox * case.stride[1] - case.padding[1] + j * case.dilation[1],
+            ]
             for axis, size in ((0, case.height), (1, case.width)):
                 targets = np.array([-1, 0, size - 1, size, -2, size + 1, size // 2])
                 chosen = rng.choice(targets, size=offset[..., axis, :, :].shape)
@@ -179,9 +208,12 @@ class Data:
 
 
 def data() -> st.SearchStrategy[Data]:
-    return st.builds(Data, seed=st.integers(0, 2**32 - 1),
-                     offset_scale=st.sampled_from([1e-3, 0.5, None, 50.0, 1e4]),
-                     on_edges=st.sampled_from([0.0, 0.3, 1.0]))
+    return st.builds(
+        Data,
+        seed=st.integers(0, 2**32 - 1),
+        offset_scale=st.sampled_from([1e-3, 0.5, None, 50.0, 1e4]),
+        on_edges=st.sampled_from([0.0, 0.3, 1.0]),
+    )
 
 
 def torchvision_call(call: Call, deform_conv: onnx.ModelProto) -> DeformConvCall:
@@ -195,22 +227,35 @@ def torchvision_call(call: Call, deform_conv: onnx.ModelProto) -> DeformConvCall
     return module
 
 
-def write(call: Call, deform_conv: onnx.ModelProto, module: DeformConvCall,
-          inputs: tuple[torch.Tensor, ...]) -> bytes:
+def write(
+    call: Call, deform_conv: onnx.ModelProto, module: DeformConvCall, inputs: tuple[torch.Tensor, ...]
+) -> bytes:
     """The call written to ONNX by its path. A symbolic model is exported from an example of batch 2
     and a larger image, so that it runs on ``inputs`` only if those sizes stayed symbolic."""
     if call.path == "decompose":
         return decompose_model(deform_conv, call.opset, call.lowering).model.SerializeToString()
     c = call.case
-    example = make_inputs(c, call.dtype, batch=2 if call.symbolic_batch else c.batch,
-                          size=(c.height + 2, c.width + 3) if call.symbolic_size else None)
+    example = make_inputs(
+        c,
+        call.dtype,
+        batch=2 if call.symbolic_batch else c.batch,
+        size=(c.height + 2, c.width + 3) if call.symbolic_size else None,
+    )
     axes = ((0,) if call.symbolic_batch else ()) + ((2, 3) if call.symbolic_size else ())
-    return export(module, example if axes else inputs, call.path, call.lowering, input_names(c),
-                  dynamic=axes, opset=call.opset)
+    return export(
+        module,
+        example if axes else inputs,
+        call.path,
+        call.lowering,
+        input_names(c),
+        dynamic=axes,
+        opset=call.opset,
+    )
 
 
-def assert_within_reference_error(got: np.ndarray, reference: np.ndarray, exact: np.ndarray,
-                                  against: str) -> None:
+def assert_within_reference_error(
+    got: np.ndarray, reference: np.ndarray, exact: np.ndarray, against: str
+) -> None:
     """``got`` is as close to exact (float64) arithmetic as 3× ``reference``'s own float32 error."""
     assert got.shape == reference.shape, f"shape {got.shape} != {against} {reference.shape}"
     floor = 1e-5 * max(1.0, float(np.abs(exact).max(initial=0.0)))
@@ -269,8 +314,10 @@ def test_dynamo_exporter(call: Call, data: Data) -> None:
 
 # The hold-out's Range bug: a 0-d constant written with shape (1,), which ONNX Runtime refuses as
 # Range's limit ("Input to 'Range' op should be scalars"); only a static batch > 1 made one.
-@example(call=Call("decompose", "gather_rows", None, 19, torch.float32, False, False, Case(batch=2)),
-         data=Data(seed=0, offset_scale=None, on_edges=0.0))
+@example(
+    call=Call("decompose", "gather_rows", None, 19, torch.float32, False, False, Case(batch=2)),
+    data=Data(seed=0, offset_scale=None, on_edges=0.0),
+)
 @budget(1)
 @given(call=calls("decompose"), data=data())
 def test_decompose_model(call: Call, data: Data) -> None:

@@ -48,8 +48,10 @@ def test_the_rest_of_the_model_is_kept(opset: Optional[int]) -> None:
     assert names[0] == "relu_in" and names[-1] == "relu_out"
     assert all(name.startswith("dcn/") for name in names[1:-1])
     assert [(p.key, p.value) for p in out.graph.node[0].metadata_props] == [("source", "model.py:11")]
-    assert all(("source", "model.py:12") in [(p.key, p.value) for p in n.metadata_props]
-               for n in out.graph.node[1:-1])
+    assert all(
+        ("source", "model.py:12") in [(p.key, p.value) for p in n.metadata_props]
+        for n in out.graph.node[1:-1]
+    )
     assert out.graph.input == model.graph.input and out.graph.output == model.graph.output
     # onnx.version_converter adds what its shape inference finds; nothing is lost either way
     kept = list(out.graph.value_info)
@@ -144,13 +146,17 @@ def test_deformconv_in_a_subgraph_is_reported_not_rewritten() -> None:
 
     model = _with_neighbours(NodeCase())
     model.graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
-    model.graph.node.append(helper.make_node("If", ["flag"], ["z"], name="choose",
-                                             then_branch=branch("then"), else_branch=branch("else")))
+    model.graph.node.append(
+        helper.make_node(
+            "If", ["flag"], ["z"], name="choose", then_branch=branch("then"), else_branch=branch("else")
+        )
+    )
     model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6, 7, 9]))
     result = decompose_model(model)
     assert result.rewritten == ["dcn"]
     assert [f.describe() for f in result.left_in_subgraphs] == [
-        "DeformConv 'dcn' in If 'choose'.else_branch", "DeformConv 'dcn' in If 'choose'.then_branch"
+        "DeformConv 'dcn' in If 'choose'.else_branch",
+        "DeformConv 'dcn' in If 'choose'.then_branch",
     ]
     with pytest.raises(DeformConvExportError, match="inside a subgraph"):
         decompose_model(model, opset=16)

@@ -43,8 +43,14 @@ def torchvision_output(case: NodeCase, model: onnx.ModelProto, inputs: dict[str,
     offset = F.pad(torch.from_numpy(inputs["offset"]), grow)
     mask = F.pad(torch.from_numpy(inputs["mask"]), grow) if case.mask else None
     out = torchvision.ops.deform_conv2d(
-        x, offset, weights["W"], weights.get("B"), stride=case.strides, padding=(begin_h, begin_w),
-        dilation=case.dilations, mask=mask,
+        x,
+        offset,
+        weights["W"],
+        weights.get("B"),
+        stride=case.strides,
+        padding=(begin_h, begin_w),
+        dilation=case.dilations,
+        mask=mask,
     )
     return out[:, :, :oh, :ow].numpy()
 
@@ -91,13 +97,21 @@ def test_rewritten_model_matches_torchvision(case: NodeCase, lowering: str) -> N
             np.testing.assert_allclose(_ort(rewritten, inputs), _ort(model, inputs), **_tolerance(case))
 
 
-def _dynamo_export_with_native_deformconv(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
-                                          names: list[str]) -> onnx.ModelProto:
+def _dynamo_export_with_native_deformconv(
+    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]
+) -> onnx.ModelProto:
     """torch's own dynamo export: DeformConv written natively (onnxscript >= 0.7.1), opset 19."""
     batch = torch.export.Dim("batch")
     dims = {0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-    program = torch.onnx.export(module, inputs, dynamo=True, opset_version=19, input_names=names,
-                                dynamic_shapes=[dims] * len(inputs), verbose=False)
+    program = torch.onnx.export(
+        module,
+        inputs,
+        dynamo=True,
+        opset_version=19,
+        input_names=names,
+        dynamic_shapes=[dims] * len(inputs),
+        verbose=False,
+    )
     return program.model_proto
 
 

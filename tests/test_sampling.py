@@ -28,8 +28,10 @@ class Network(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.blocks = nn.Sequential(DCNv2Block(8, 8, stride=2, offset_scale=3.0),
-                                    DCNv2Block(8, 16, offset_groups=2, groups=2, offset_scale=2.0))
+        self.blocks = nn.Sequential(
+            DCNv2Block(8, 8, stride=2, offset_scale=3.0),
+            DCNv2Block(8, 16, offset_groups=2, groups=2, offset_scale=2.0),
+        )
         self.head = nn.Conv2d(16, 8, 1)
         self.eval()
 
@@ -47,16 +49,33 @@ def _export(path: str, lowering: str) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as folder:
         file = os.path.join(folder, "model.onnx")
         if path == "legacy":
-            dce.export(NETWORK, (x,), file, dynamo=False, opset_version=17, lowering=lowering,
-                       input_names=["image"], dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+            dce.export(
+                NETWORK,
+                (x,),
+                file,
+                dynamo=False,
+                opset_version=17,
+                lowering=lowering,
+                input_names=["image"],
+                dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}},
+            )
             return onnx.load(file)
         dims = ({0: torch.export.Dim("b"), 2: torch.export.Dim("h", min=8), 3: torch.export.Dim("w", min=8)},)
         if path == "dynamo":
-            dce.export(NETWORK, (x,), file, dynamo=True, lowering=lowering, input_names=["image"],
-                       dynamic_shapes=dims, verbose=False)
+            dce.export(
+                NETWORK,
+                (x,),
+                file,
+                dynamo=True,
+                lowering=lowering,
+                input_names=["image"],
+                dynamic_shapes=dims,
+                verbose=False,
+            )
             return onnx.load(file)
-        torch.onnx.export(NETWORK, (x,), file, dynamo=True, input_names=["image"], dynamic_shapes=dims,
-                          verbose=False)  # torch's native DeformConv, rewritten below
+        torch.onnx.export(
+            NETWORK, (x,), file, dynamo=True, input_names=["image"], dynamic_shapes=dims, verbose=False
+        )  # torch's native DeformConv, rewritten below
         return dce.decompose_model(onnx.load(file), lowering=lowering).model
 
 
@@ -80,8 +99,9 @@ def _path_marks(path: str) -> list[pytest.MarkDecorator]:
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
 @pytest.mark.parametrize("path", [pytest.param(p, marks=_path_marks(p)) for p in PATHS])
-def test_sampling_nodes_are_the_sampling(models: dict[tuple[str, str], onnx.ModelProto], path: str,
-                                         lowering: str) -> None:
+def test_sampling_nodes_are_the_sampling(
+    models: dict[tuple[str, str], onnx.ModelProto], path: str, lowering: str
+) -> None:
     """Every sampler and what computes its coordinates; no layer, and nothing the samples do not need."""
     model = _model(models, path, lowering)
     found = set(dce.sampling_nodes(model))
@@ -91,15 +111,23 @@ def test_sampling_nodes_are_the_sampling(models: dict[tuple[str, str], onnx.Mode
     samplers = [node for node in model.graph.node if node.op_type in SAMPLERS]
     if lowering == "gather_rows":  # its sampler is a Gather of pixel rows, not of a shape's entries
         producers = {output: node.op_type for node in model.graph.node for output in node.output}
-        samplers = [node for node in model.graph.node if node.op_type == "Gather"
-                    and producers.get(node.input[0]) != "Shape"
-                    and not _from_initializer(model, node.input[1], initializers)]
+        samplers = [
+            node
+            for node in model.graph.node
+            if node.op_type == "Gather"
+            and producers.get(node.input[0]) != "Shape"
+            and not _from_initializer(model, node.input[1], initializers)
+        ]
     assert len(samplers) == 2 and {node.name for node in samplers} <= found
     # the layers stay quantizable: convolutions, and each deformable convolution's kernel product
     layers = [node for node in model.graph.node if node.op_type in ("Conv", "BatchNormalization", "Relu")]
     assert layers and not {node.name for node in layers} & found
-    kernels = [node for node in model.graph.node if node.op_type == "MatMul"
-               and any(_from_initializer(model, name, initializers) for name in node.input)]
+    kernels = [
+        node
+        for node in model.graph.node
+        if node.op_type == "MatMul"
+        and any(_from_initializer(model, name, initializers) for name in node.input)
+    ]
     assert len(kernels) == 2 and not {node.name for node in kernels} & found
     # every sampling node's output reaches a sampler's coordinates or the kernel product
     for name in found:
@@ -114,8 +142,9 @@ def _from_initializer(model: onnx.ModelProto, name: str, initializers: set[str])
     node = producers.get(name)
     if node is None:
         return False
-    return node.op_type == "Constant" or all(_from_initializer(model, name, initializers)
-                                             for name in node.input if name)
+    return node.op_type == "Constant" or all(
+        _from_initializer(model, name, initializers) for name in node.input if name
+    )
 
 
 def _reaches(model: onnx.ModelProto, start: onnx.NodeProto, targets: set[str]) -> bool:
@@ -164,8 +193,9 @@ def _quantized_errors(model: onnx.ModelProto, folder: str, **options: object) ->
 
 @pytest.mark.parametrize("lowering", ["grid_sample", "gather_rows"])
 @pytest.mark.parametrize("path", [pytest.param(p, marks=_path_marks(p)) for p in PATHS])
-def test_quantized_with_sampling_in_float(models: dict[tuple[str, str], onnx.ModelProto], path: str,
-                                          lowering: str, tmp_path: object) -> None:
+def test_quantized_with_sampling_in_float(
+    models: dict[tuple[str, str], onnx.ModelProto], path: str, lowering: str, tmp_path: object
+) -> None:
     """README's recipe: at two input sizes, within 1.5x the error of quantizing the convolutions alone."""
     model = _model(models, path, lowering)
     convs_only = _quantized_errors(model, str(tmp_path), op_types_to_quantize=["Conv"])

@@ -49,12 +49,27 @@ def full_cases() -> list[Case]:
     """The cartesian product of the options, each with h != w where it is a pair."""
     cases = []
     for stride, padding, dilation, kernel, (groups, og), mask, bias in itertools.product(
-        [(1, 1), (2, 1)], [(0, 0), (1, 2)], [(1, 1), (1, 2)], [(1, 1), (3, 2), (3, 3), (7, 7)],
-        [(1, 1), (2, 1), (1, 2), (2, 4)], [True, False], [True, False],
+        [(1, 1), (2, 1)],
+        [(0, 0), (1, 2)],
+        [(1, 1), (1, 2)],
+        [(1, 1), (3, 2), (3, 3), (7, 7)],
+        [(1, 1), (2, 1), (1, 2), (2, 4)],
+        [True, False],
+        [True, False],
     ):
-        case = Case(in_channels=8, height=9, width=10, kernel=kernel, stride=stride,
-                    padding=padding, dilation=dilation, groups=groups, offset_groups=og,
-                    mask=mask, bias=bias)
+        case = Case(
+            in_channels=8,
+            height=9,
+            width=10,
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            offset_groups=og,
+            mask=mask,
+            bias=bias,
+        )
         if min(case.out_size) >= 1:
             cases.append(case)
     return cases

@@ -34,7 +34,7 @@ END = "<!-- end support-table -->"
 #: Releases people still use that the matrix cannot test, and why.
 DROPPED = {
     "1.13.1": "torchvision 0.14.1, its pair, has no Python 3.11 wheel (torchvision has them from "
-              "0.15); the package needs torch >= 2.0",
+    "0.15); the package needs torch >= 2.0",
 }
 
 HEADER = [
@@ -63,8 +63,12 @@ def _native(result: dict[str, Any]) -> str:
 
 
 def row(result: dict[str, Any]) -> str:
-    caps, v, tests, paths = (result["capabilities"], result["versions"], result["tests"],
-                             result["paths_passed"])
+    caps, v, tests, paths = (
+        result["capabilities"],
+        result["versions"],
+        result["tests"],
+        result["paths_passed"],
+    )
     torch = Version(v["torch"]).base_version
     dynamo = f"yes ({caps['dynamo_default_opset']})" if "dynamo" in caps["exporters"] else "no"
     cells = [
@@ -107,10 +111,13 @@ def differences(tracked: list[dict[str, Any]], last_runs: list[dict[str, Any]]) 
         if before is None:
             lines.append(f"torch {_torch(run)}: a last run but no tools/matrix-results/{_torch(run)}.json")
         elif recorded(before) != recorded(run):
-            changed = sorted(k for k in set(before) | set(run)
-                             if k not in RUN_FACTS and before.get(k) != run.get(k))
-            lines.append(f"torch {_torch(run)}: the last run's {', '.join(changed)} differ from "
-                         f"tools/matrix-results/{_torch(run)}.json")
+            changed = sorted(
+                k for k in set(before) | set(run) if k not in RUN_FACTS and before.get(k) != run.get(k)
+            )
+            lines.append(
+                f"torch {_torch(run)}: the last run's {', '.join(changed)} differ from "
+                f"tools/matrix-results/{_torch(run)}.json"
+            )
     return lines
 
 
@@ -132,10 +139,16 @@ def replace_table(readme: str, table: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true",
-                      help="fail if README's table or a last run differs from the tracked results")
-    mode.add_argument("--write", action="store_true",
-                      help="copy the last runs into the tracked results, then rewrite README's table")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="fail if README's table or a last run differs from the tracked results",
+    )
+    mode.add_argument(
+        "--write",
+        action="store_true",
+        help="copy the last runs into the tracked results, then rewrite README's table",
+    )
     args = parser.parse_args()
     last_runs = load(LAST_RUN) if LAST_RUN.is_dir() else []
     if args.write:
@@ -145,7 +158,7 @@ def main() -> int:
     results = load()
     table = render(results)
     readme = README.read_text()
-    current = readme[readme.index(BEGIN): readme.index(END) + len(END)]
+    current = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
     if args.check:
         problems = differences(results, last_runs)
         if current != table:

@@ -42,8 +42,11 @@ def batch_results(exported: dict[str, str], tmp_path_factory: pytest.TempPathFac
     def results(tool: BatchTool) -> dict[Job, np.ndarray | str]:
         if tool.name not in cache:
             assert tool.batch is not None
-            jobs = [(variant, exported[variant.name], tool_inputs(tool, variant))
-                    for variant in VARIANTS if tool.takes(variant)]
+            jobs = [
+                (variant, exported[variant.name], tool_inputs(tool, variant))
+                for variant in VARIANTS
+                if tool.takes(variant)
+            ]
             try:
                 cache[tool.name] = tool.batch(jobs, str(tmp_path_factory.mktemp(tool.name)))
             except Exception as error:  # every test of the tool reports the same failure
@@ -79,9 +82,11 @@ class Table:
             row = [self.cells.get((tool.name, v.name), "not run" if tool.takes(v) else "-") for v in VARIANTS]
             lines.append(f"| {tool.name} ({version(tool)}) | " + " | ".join(row) + " |")
         lines.append("")
-        lines.append("Cells: max |out - torchvision| / max |torchvision| at the export size "
-                     "(/ at another size, dynamic variants); 'documented' = a pinned upstream failure "
-                     "the test asserts; [n] = the message below; - = not among the tool's variants.")
+        lines.append(
+            "Cells: max |out - torchvision| / max |torchvision| at the export size "
+            "(/ at another size, dynamic variants); 'documented' = a pinned upstream failure "
+            "the test asserts; [n] = the message below; - = not among the tool's variants."
+        )
         lines.extend(f"{i}. {message}" for i, message in enumerate(self.notes, 1))
         return "\n".join(lines) + "\n"
 
@@ -98,8 +103,9 @@ def table(request: pytest.FixtureRequest) -> Table:
     return request.config.stash[_TABLE]
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
     table = config.stash[_TABLE]
     if not table.cells:
         return

@@ -93,8 +93,14 @@ VARIANTS = [
     Variant("gathernd", "legacy", lowering="gathernd", opset=17),
     Variant("gatherelements", "legacy", lowering="gatherelements", opset=17),
     Variant("decomposed", "dynamo", decompose=True),
-    Variant("decomposed-gather_rows-static-b2", "dynamo", lowering="gather_rows", dynamic=False, batch=2,
-            decompose=True),
+    Variant(
+        "decomposed-gather_rows-static-b2",
+        "dynamo",
+        lowering="gather_rows",
+        dynamic=False,
+        batch=2,
+        decompose=True,
+    ),
 ]
 
 
@@ -105,12 +111,18 @@ def export(variant: Variant, model: nn.Module, path: str) -> None:
     if variant.opset is not None:
         kwargs["opset_version"] = variant.opset
     if variant.dynamic and variant.exporter == "legacy":
-        kwargs["dynamic_axes"] = {INPUT: {0: "batch", 2: "height", 3: "width"},
-                                  OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}}
+        kwargs["dynamic_axes"] = {
+            INPUT: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"},
+        }
     elif variant.dynamic:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", max=64),
-                                     2: torch.export.Dim("height", min=8, max=512),
-                                     3: torch.export.Dim("width", min=8, max=512)},)
+        kwargs["dynamic_shapes"] = (
+            {
+                0: torch.export.Dim("batch", max=64),
+                2: torch.export.Dim("height", min=8, max=512),
+                3: torch.export.Dim("width", min=8, max=512),
+            },
+        )
     if variant.exporter == "dynamo":
         kwargs["verbose"] = False
     if variant.decompose:
@@ -119,8 +131,9 @@ def export(variant: Variant, model: nn.Module, path: str) -> None:
         rewritten = dce.decompose_model(onnx.load(path), lowering=variant.lowering).model
         onnx.save(rewritten, path)
     else:
-        dce.export(model, (x,), path, dynamo=variant.exporter == "dynamo", lowering=variant.lowering,
-                   **kwargs)
+        dce.export(
+            model, (x,), path, dynamo=variant.exporter == "dynamo", lowering=variant.lowering, **kwargs
+        )
     onnx.save(onnx.load(path), path)  # external data, if any, inlined
     onnx.checker.check_model(path, full_check=True)
 

@@ -24,9 +24,13 @@ def convert(model: str, shape: list[int], folder: str) -> str:
     import onnx2tf
 
     try:
-        onnx2tf.convert(input_onnx_file_path=model, output_folder_path=folder, non_verbose=True,
-                        overwrite_input_shape=[f"image:{','.join(map(str, shape))}"],
-                        keep_ncw_or_nchw_or_ncdhw_input_names=["image"])
+        onnx2tf.convert(
+            input_onnx_file_path=model,
+            output_folder_path=folder,
+            non_verbose=True,
+            overwrite_input_shape=[f"image:{','.join(map(str, shape))}"],
+            keep_ncw_or_nchw_or_ncdhw_input_names=["image"],
+        )
     except BaseException as error:  # onnx2tf prints what failed, then calls sys.exit
         raise RuntimeError(f"onnx2tf: {type(error).__name__}: {error}") from error
     name = os.path.splitext(os.path.basename(model))[0]

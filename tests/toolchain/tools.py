@@ -51,8 +51,11 @@ class Tool:
         return self.variants is None or variant.name in self.variants
 
 
-def _session(model: str | bytes, level: Optional[onnxruntime.GraphOptimizationLevel] = None,
-             saved: Optional[str] = None) -> onnxruntime.InferenceSession:
+def _session(
+    model: str | bytes,
+    level: Optional[onnxruntime.GraphOptimizationLevel] = None,
+    saved: Optional[str] = None,
+) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     if level is not None:
         options.graph_optimization_level = level
@@ -208,8 +211,10 @@ def _ncnn(path: str, variant: Variant, inputs: list[np.ndarray], folder: str) ->
 
     model = os.path.join(folder, "model.onnx")
     shutil.copy(path, model)
-    shapes = [f"inputshape{'' if i == 0 else i + 1}=[{','.join(map(str, x.shape))}]f32"
-              for i, x in enumerate(inputs)]
+    shapes = [
+        f"inputshape{'' if i == 0 else i + 1}=[{','.join(map(str, x.shape))}]f32"
+        for i, x in enumerate(inputs)
+    ]
     command = [os.path.join(os.path.dirname(sys.executable), "pnnx"), model, *shapes]
     converted = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     param, weights = (os.path.join(folder, f"model.ncnn.{ext}") for ext in ("param", "bin"))
@@ -226,8 +231,10 @@ def _ncnn(path: str, variant: Variant, inputs: list[np.ndarray], folder: str) ->
             extractor.input("in0", ncnn.Mat(np.ascontiguousarray(image)))
             status, out = extractor.extract("out0")
             if status != 0:
-                raise RuntimeError(f"ncnn: extract returned {status}; layers pnnx left without an ncnn "
-                                   f"equivalent: {', '.join(_foreign_layers(param)) or 'none'}")
+                raise RuntimeError(
+                    f"ncnn: extract returned {status}; layers pnnx left without an ncnn "
+                    f"equivalent: {', '.join(_foreign_layers(param)) or 'none'}"
+                )
             images.append(np.array(out))
         outputs.append(np.stack(images))
     return outputs
@@ -256,8 +263,11 @@ def _serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, str]:
     """A static file server for ``folder`` on 127.0.0.1 (a free port), running in a thread."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                          ".wasm": "application/wasm", ".mjs": "text/javascript"}
+        extensions_map = {
+            **http.server.SimpleHTTPRequestHandler.extensions_map,
+            ".wasm": "application/wasm",
+            ".mjs": "text/javascript",
+        }
 
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, directory=folder, **kwargs)  # type: ignore[arg-type]
@@ -283,26 +293,47 @@ def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
         shutil.copy(path, os.path.join(folder, f"{variant.name}.onnx"))
         for index, x in enumerate(inputs):
             x.tofile(os.path.join(folder, f"{variant.name}.{index}.bin"))
-            listing.append({"id": f"{variant.name}.{index}", "model": f"{variant.name}.onnx",
-                            "input": f"{variant.name}.{index}.bin", "shape": list(x.shape)})
+            listing.append(
+                {
+                    "id": f"{variant.name}.{index}",
+                    "model": f"{variant.name}.onnx",
+                    "input": f"{variant.name}.{index}.bin",
+                    "shape": list(x.shape),
+                }
+            )
     with open(os.path.join(folder, "jobs.json"), "w") as file:
         json.dump(listing, file)
     server, url = _serve(folder)
     try:
         results_path = os.path.join(folder, "results.json")
         driven = subprocess.run(
-            ["node", os.path.join(HERE, "ort_web.mjs"), url, os.path.join(folder, "jobs.json"),
-             results_path, os.path.join(folder, "chromium-profile")],
-            capture_output=True, text=True, env={**os.environ, "NODE_PATH": modules}, timeout=600)
+            [
+                "node",
+                os.path.join(HERE, "ort_web.mjs"),
+                url,
+                os.path.join(folder, "jobs.json"),
+                results_path,
+                os.path.join(folder, "chromium-profile"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "NODE_PATH": modules},
+            timeout=600,
+        )
     finally:
         server.shutdown()
     if driven.returncode != 0:
         raise RuntimeError(f"ort_web.mjs exited with {driven.returncode}: {_last_lines(driven)}")
     with open(results_path) as file:
         results = json.load(file)
-    return {_job(key): (value["error"] if "error" in value else
-                        np.asarray(value["data"], np.float32).reshape(value["dims"]))
-            for key, value in results.items()}
+    return {
+        _job(key): (
+            value["error"]
+            if "error" in value
+            else np.asarray(value["data"], np.float32).reshape(value["dims"])
+        )
+        for key, value in results.items()
+    }
 
 
 def _job(key: str) -> Job:
@@ -328,19 +359,39 @@ def run_onnx2tf(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
         shutil.copy(path, model)
         listing = os.path.join(folder, f"{variant.name}.json")
         with open(listing, "w") as file:
-            json.dump([{"name": variant.name, "model": model, "inputs": data,
-                        "shape": list(_export_shape(variant))}], file)
+            json.dump(
+                [
+                    {
+                        "name": variant.name,
+                        "model": model,
+                        "inputs": data,
+                        "shape": list(_export_shape(variant)),
+                    }
+                ],
+                file,
+            )
         command = [os.environ["DCE_ONNX2TF_PYTHON"], os.path.join(HERE, "onnx2tf_run.py"), listing]
         driven = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
         if driven.returncode != 0:
-            results.update({(variant.name, index): f"onnx2tf_run.py exited with {driven.returncode}: "
-                            f"{_last_lines(driven, 1)}" for index in range(len(inputs))})
+            results.update(
+                {
+                    (variant.name, index): f"onnx2tf_run.py exited with {driven.returncode}: "
+                    f"{_last_lines(driven, 1)}"
+                    for index in range(len(inputs))
+                }
+            )
             continue
         with open(listing + ".results") as file:
             found = json.load(file)
         printed = driven.stdout + driven.stderr
-        results.update({_job(key): _onnx2tf_reason(value, printed) if isinstance(value, str)
-                        else np.load(value["npy"]) for key, value in found.items()})
+        results.update(
+            {
+                _job(key): _onnx2tf_reason(value, printed)
+                if isinstance(value, str)
+                else np.load(value["npy"])
+                for key, value in found.items()
+            }
+        )
     return results
 
 
@@ -356,11 +407,16 @@ def _onnx2tf_reason(message: str, printed: str) -> str:
     text = message + "\n" + printed
     nodes = re.findall(r"(?:onnx_op_name: |name=')([^'\s]+)", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    causes = [line for before, line in zip([""] + lines, lines)
-              if "Exception encountered when calling" in before
-              or re.search(r"\b\w+(Error|Exception): (?!in user code:|Exception encountered)", line)]
-    return (f"onnx2tf at node {nodes[-1] if nodes else '?'}: "
-            f"{causes[-1][:300] if causes else 'exited without saying why'}")
+    causes = [
+        line
+        for before, line in zip([""] + lines, lines)
+        if "Exception encountered when calling" in before
+        or re.search(r"\b\w+(Error|Exception): (?!in user code:|Exception encountered)", line)
+    ]
+    return (
+        f"onnx2tf at node {nodes[-1] if nodes else '?'}: "
+        f"{causes[-1][:300] if causes else 'exited without saying why'}"
+    )
 
 
 @dataclass(frozen=True)
@@ -379,15 +435,22 @@ TOOLS: list[Tool] = [
     Tool("onnxsim", _on_onnxruntime(_onnxsim), package="onnxsim"),
     Tool("onnxslim", _on_onnxruntime(_onnxslim), package="onnxslim"),
     Tool("onnxslim-fixed-shapes", _on_onnxruntime(_onnxslim_fixed), fixed_shapes=True, package="onnxslim"),
-    Tool("fp16-onnxconverter-common", _on_onnxruntime(_onnxconverter_fp16), kind="float16",
-         package="onnxconverter-common"),
+    Tool(
+        "fp16-onnxconverter-common",
+        _on_onnxruntime(_onnxconverter_fp16),
+        kind="float16",
+        package="onnxconverter-common",
+    ),
     Tool("fp16-ort-transformers", _on_onnxruntime(_ort_fp16), kind="float16"),
     Tool("ort-symbolic-shape-inference", _on_onnxruntime(_symbolic_shape_inference)),
     Tool("ort-quant-pre-process", _on_onnxruntime(_quant_pre_process)),
     Tool("ort-quantize-dynamic", _on_onnxruntime(_quantize_dynamic), kind="report"),
     Tool("ort-quantize-static-qdq", _on_onnxruntime(_quantize_static_default), kind="report"),
-    Tool("ort-quantize-static-qdq-excluding-sampling", _on_onnxruntime(_quantize_static_excluding_sampling),
-         kind="quantized"),
+    Tool(
+        "ort-quantize-static-qdq-excluding-sampling",
+        _on_onnxruntime(_quantize_static_excluding_sampling),
+        kind="quantized",
+    ),
     Tool("ort-basic-saved", _saved_at(LEVELS.ORT_ENABLE_BASIC)),
     Tool("ort-extended-saved", _saved_at(LEVELS.ORT_ENABLE_EXTENDED)),
     Tool("ort-layout-saved", _saved_at(LEVELS.ORT_ENABLE_LAYOUT)),
@@ -398,9 +461,20 @@ TOOLS: list[Tool] = [
     Tool("pnnx-ncnn", _ncnn, fixed_shapes=True, package="pnnx"),
     # onnx2tf takes 20-50 s a model: the default export, and each static one (dynamic variants
     # are converted at a fixed size anyway)
-    BatchTool("onnx2tf-tflite", _unused, fixed_shapes=True, package="onnx2tf", batch=run_onnx2tf,
-              variants=("dynamo", "dynamo-static-b2", "legacy17-static", "gather_rows-static-b2",
-                        "decomposed-gather_rows-static-b2")),
+    BatchTool(
+        "onnx2tf-tflite",
+        _unused,
+        fixed_shapes=True,
+        package="onnx2tf",
+        batch=run_onnx2tf,
+        variants=(
+            "dynamo",
+            "dynamo-static-b2",
+            "legacy17-static",
+            "gather_rows-static-b2",
+            "decomposed-gather_rows-static-b2",
+        ),
+    ),
     BatchTool("onnxruntime-web-wasm-chromium", _unused, package="onnxruntime-web", batch=run_ort_web),
 ]
 
@@ -411,8 +485,15 @@ def version(tool: Tool) -> str:
         with open(os.path.join(os.environ["DCE_NODE_MODULES"], "onnxruntime-web", "package.json")) as file:
             return str(json.load(file)["version"])
     if tool.package == "onnx2tf":
-        found = subprocess.run([os.environ["DCE_ONNX2TF_PYTHON"], "-c",
-                                "from importlib import metadata; print(metadata.version('onnx2tf'))"],
-                               capture_output=True, text=True, check=True)
+        found = subprocess.run(
+            [
+                os.environ["DCE_ONNX2TF_PYTHON"],
+                "-c",
+                "from importlib import metadata; print(metadata.version('onnx2tf'))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return found.stdout.strip()
     return metadata.version(tool.package)
