@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
@@ -72,17 +73,13 @@ def export(
     capabilities = versions.installed()
     exporter = capabilities.choose_exporter(dynamo)
     options = LoweringOptions.from_api(use_gathernd, enable_openvino_patch, lowering)
+    request = _Request(model, args, f, options, capabilities, kwargs)
     grad_mode = torch.no_grad() if no_grad else contextlib.nullcontext()
     with _our_error_lifted(), _no_partial_files(f) as remove_partial_files, grad_mode:
         if exporter == "dynamo":
             return _export_dynamo_or_legacy(
-                model,
-                args,
-                f,
-                options,
-                capabilities,
+                request,
                 custom_translation_table,
-                kwargs,
                 fallback=dynamo is None,
                 before_fallback=remove_partial_files,
             )
@@ -91,17 +88,25 @@ def export(
                 "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
                 f"got a table of {len(custom_translation_table)} entries"
             )
-        return _export_legacy(model, args, f, options, capabilities, _legacy_kwargs(model, args, kwargs))
+        return _export_legacy(request)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One call of :func:`export`: what each exporter step reads."""
+
+    model: torch.nn.Module
+    args: Any
+    f: Any
+    options: LoweringOptions
+    capabilities: versions.TorchCapabilities
+    #: the keyword arguments for ``torch.onnx.export``, as the user gave them
+    kwargs: dict[str, Any]
 
 
 def _export_dynamo_or_legacy(
-    model: torch.nn.Module,
-    args: Any,
-    f: Any,
-    options: LoweringOptions,
-    capabilities: versions.TorchCapabilities,
+    request: _Request,
     custom_translation_table: Optional[TranslationTable],
-    kwargs: dict[str, Any],
     *,
     fallback: bool,
     before_fallback: Callable[[], None],
@@ -114,12 +119,12 @@ def _export_dynamo_or_legacy(
     fails too, its error is raised, with the dynamo exporter's as its context.
     """
     try:
-        return _export_dynamo(model, args, f, options, capabilities, custom_translation_table, kwargs)
+        return _export_dynamo(request, custom_translation_table)
     except Exception as error:
         if not fallback or custom_translation_table or not _fallback_allowed(error):
             raise
         before_fallback()
-        result = _export_legacy(model, args, f, options, capabilities, _legacy_kwargs(model, args, kwargs))
+        result = _export_legacy(request)
         warnings.warn(
             f"export: the dynamo exporter failed ({_first_line(error)}); exported with the "
             f"legacy exporter instead (pass dynamo=True to get the dynamo exporter's error)",
@@ -129,31 +134,22 @@ def _export_dynamo_or_legacy(
         return result
 
 
-def _export_dynamo(
-    model: torch.nn.Module,
-    args: Any,
-    f: Any,
-    options: LoweringOptions,
-    capabilities: versions.TorchCapabilities,
-    custom_translation_table: Optional[TranslationTable],
-    kwargs: dict[str, Any],
-) -> Any:
+def _export_dynamo(request: _Request, custom_translation_table: Optional[TranslationTable]) -> Any:
     """``torch.onnx.export(dynamo=True)`` with our translation added to the user's table."""
+    r = request
     # The translation function cannot see the target opset: check the lowering here.
-    options.resolve(kwargs.get("opset_version") or capabilities.dynamo_default_opset, TensorProto.FLOAT)
-    table = _translation_table(custom_translation_table, options)
-    return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table, **kwargs)
+    r.options.resolve(r.kwargs.get("opset_version") or r.capabilities.dynamo_default_opset, TensorProto.FLOAT)
+    table = _translation_table(custom_translation_table, r.options)
+    return torch.onnx.export(r.model, r.args, r.f, dynamo=True, custom_translation_table=table, **r.kwargs)
 
 
-def _export_legacy(
-    model: torch.nn.Module,
-    args: Any,
-    f: Any,
-    options: LoweringOptions,
-    capabilities: versions.TorchCapabilities,
-    kwargs: dict[str, Any],
-) -> Any:
-    """``torch.onnx.export`` on the legacy exporter, with our symbolic registered for the call."""
+def _export_legacy(request: _Request) -> Any:
+    """``torch.onnx.export`` on the legacy exporter, with our symbolic registered for the call.
+
+    ``dynamic_shapes`` in the request becomes the ``dynamic_axes`` it means.
+    """
+    model, args, options, capabilities = request.model, request.args, request.options, request.capabilities
+    kwargs = _legacy_kwargs(model, args, request.kwargs)
     torchscript_adapter.check_legacy_lowering(options, capabilities)
     if not capabilities.cpu_float16_matmul and _has_cpu_float16(model, args):
         raise DeformConvExportError(
@@ -166,7 +162,7 @@ def _export_legacy(
     previous = torchscript_adapter.registered_options()
     torchscript_adapter.register(options)
     try:
-        return torch.onnx.export(model, args, f, **kwargs)
+        return torch.onnx.export(model, args, request.f, **kwargs)
     finally:
         torchscript_adapter.register(previous)
 
