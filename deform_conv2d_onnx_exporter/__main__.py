@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import onnx
 
@@ -57,6 +57,29 @@ def _parser() -> argparse.ArgumentParser:
     _add_lowering_arguments(decompose)
     decompose.set_defaults(run=_decompose)
 
+    _add_verify_command(commands)
+
+    info = commands.add_parser("info", help="list the DeformConv nodes of a model and their parameters")
+    info.add_argument("model", help="the model to read (.onnx)")
+    info.set_defaults(run=_info)
+
+    demo = commands.add_parser(
+        "demo",
+        help="export a small DCNv2 backbone both ways, run it on ONNX Runtime and print the "
+        "max error against torchvision (needs torch)",
+    )
+    demo.add_argument(
+        "--exporter",
+        choices=["legacy", "dynamo"],
+        action="append",
+        help="only this exporter (repeatable); default: every one torch has",
+    )
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _add_verify_command(commands: Any) -> None:
+    """The ``verify`` subcommand and its options."""
     verify = commands.add_parser(
         "verify",
         help="run a model on ONNX Runtime and ONNX's reference evaluator with random inputs and "
@@ -90,24 +113,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_lowering_arguments(verify)
     verify.set_defaults(run=_verify)
-
-    info = commands.add_parser("info", help="list the DeformConv nodes of a model and their parameters")
-    info.add_argument("model", help="the model to read (.onnx)")
-    info.set_defaults(run=_info)
-
-    demo = commands.add_parser(
-        "demo",
-        help="export a small DCNv2 backbone both ways, run it on ONNX Runtime and print the "
-        "max error against torchvision (needs torch)",
-    )
-    demo.add_argument(
-        "--exporter",
-        choices=["legacy", "dynamo"],
-        action="append",
-        help="only this exporter (repeatable); default: every one torch has",
-    )
-    demo.set_defaults(run=_demo)
-    return parser
 
 
 def _add_lowering_arguments(parser: argparse.ArgumentParser) -> None:
