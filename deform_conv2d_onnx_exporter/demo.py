@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -78,7 +78,17 @@ class DCNv2Backbone(nn.Module):
 def build_demo_model(seed: int = 0) -> DCNv2Backbone:
     """A DCNv2Backbone in eval mode with random weights and BatchNorm statistics."""
     torch.manual_seed(seed)
-    model = DCNv2Backbone()
+    return with_random_statistics(DCNv2Backbone())
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def with_random_statistics(model: M) -> M:
+    """``model`` in eval mode, its BatchNorm running statistics drawn from torch's generator.
+
+    Fresh statistics (mean 0, variance 1) would make every BatchNorm an identity and hide errors.
+    """
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             assert module.running_mean is not None and module.running_var is not None

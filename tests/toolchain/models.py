@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import deform_conv2d_onnx_exporter as dce
-from deform_conv2d_onnx_exporter.demo import DCNv2Block
+from deform_conv2d_onnx_exporter.demo import DCNv2Block, with_random_statistics
 
 INPUT = "image"
 OUTPUT = "features"
@@ -48,13 +48,7 @@ class SmallDCN(nn.Module):
 def build_model() -> SmallDCN:
     """The network in eval mode, with random weights and BatchNorm statistics (seeded)."""
     torch.manual_seed(0)
-    model = SmallDCN()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            assert module.running_mean is not None and module.running_var is not None
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return with_random_statistics(SmallDCN())
 
 
 @dataclass(frozen=True)
