@@ -22,9 +22,7 @@ Peak memory is the high-water mark of a fresh process that loads and runs only t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from bench import (  # noqa: E402 - bench.py sits beside this file, not in a pac
     DECOMPOSITIONS,
     DEFAULT,
     THREADS,
+    Row,
     geometric_mean,
     interleaved_times,
     peak_memory_mb,
@@ -149,23 +148,6 @@ def export_model(model: object, x: np.ndarray, lowering: str, path: str) -> None
         input_names=["image"],
         output_names=["out"],
     )
-
-
-@dataclass
-class Row:
-    name: str
-    times: list[float]
-    cpu_times: list[float] = dataclasses.field(default_factory=list)
-    peak_mb: float | None = None
-    wrong: float | None = None
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def cpu_median(self) -> float:
-        return statistics.median(self.cpu_times)
 
 
 def bench_case(case: Case, repeats: int, lowerings: list[str], folder: str) -> list[Row]:
