@@ -130,7 +130,7 @@ def deform_conv2d(
         (B, Cout, oh, ow), in the input's dtype.
     """
     in_type = _float_type(e.elem_type(input))
-    graph = _Graph(e, _FLOAT_TYPES[in_type], e.static_shape(input), e.static_shape(offset), input, offset)
+    graph = _Graph(e, _FLOAT_TYPES[in_type], input, offset)
     if params.use_mask and mask is None:
         raise DeformConvExportError("mask: use_mask is True but no mask tensor was given")
     lowering = options.resolve(e.opset, graph.onnx_dtype)
@@ -657,17 +657,14 @@ class _Graph(Generic[V]):
     Args:
         e: where the nodes go.
         dtype: the compute dtype, float32 or float64.
-        input_shape, offset_shape: what the emitter knows statically of (B, C, H, W) and
-            (B, og*K*2, oh, ow).
-        input, offset: the call's own values, whose Shape gives the sizes that are not static.
+        input, offset: the call's own (B, C, H, W) and (B, og*K*2, oh, ow), before any cast: the
+            emitter's static shapes of them, and Shape for the sizes that are not static.
     """
 
     def __init__(
         self,
         e: Emitter[V],
         dtype: type[np.floating],
-        input_shape: Optional[Sequence[Optional[int]]],
-        offset_shape: Optional[Sequence[Optional[int]]],
         input: V,
         offset: V,
     ) -> None:
@@ -677,7 +674,7 @@ class _Graph(Generic[V]):
         self.onnx_dtype = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
         self.section = e.section
         self.op = e.op
-        self._sources = {"input": (input, input_shape), "offset": (offset, offset_shape)}
+        self._sources = {"input": (input, e.static_shape(input)), "offset": (offset, e.static_shape(offset))}
         self._dims: dict[tuple[str, int], V] = {}
 
     # Sizes are read on first use, so that a lowering that needs none (native) leaves no Shape
