@@ -189,7 +189,7 @@ def _native(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V]) ->
 # --- grid_sample ----------------------------------------------------------------------------------
 
 
-def _grid_sample(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V]) -> V:
+def _grid_sample(portable: bool, graph: _Graph[V], params: DeformConvParams, tensors: Operands[V]) -> V:
     """Bilinear samples of every channel by ONNX GridSample (opset >= 16), then the kernel.
 
     GridSample with zero padding gives each corner outside the image the value zero, which is
@@ -197,45 +197,82 @@ def _grid_sample(graph: _Graph[V], params: DeformConvParams, tensors: Operands[V
     as torchvision's explicit test makes it (for finite inputs: GridSample still multiplies an
     Inf or NaN pixel by a zero weight at the window's very edge).
 
-    With static sizes, large problems are computed in slices of output positions (see
-    :func:`_position_slices`), so that each slice's columns are still in the cache when the
-    mask and the kernel read them.
+    ``grid_sample`` samples the images of all offset groups in one GridSample, as a batch of
+    B*og images, and computes large problems with static sizes in slices of output positions (see
+    :func:`_position_slices`), so that each slice's columns are still in the cache when the mask
+    and the kernel read them. ``grid_sample_ncnn`` (``portable``) keeps the batch on the first
+    axis of every tensor, for runtimes that have no batch and read a 4-D tensor's first axis as
+    it (ncnn): one GridSample per offset group, whose columns are concatenated along channels.
     """
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
-    images = graph.product(graph.size("B"), og)  # B*og: GridSample samples each offset group's image
-    slices = _position_slices(graph, params)
+    batch = graph.size("B")
     with graph.section("coordinates"):
-        grid = _normalised_grid(graph, params, tensors.offset)  # (B*og, K, L, 2)
+        grid = _normalised_grid(graph, params, tensors.offset, portable)  # (B*og, K, L, 2) | (B, og*K, L, 2)
     with graph.section("sampling"):
-        image = graph.reshape(
-            tensors.input, [images, cg, graph.size("H"), graph.size("W")]
-        )  # (B*og, Cg, H, W)
-        # dm: (B, og*K, oh, ow) -> (B*og, 1, K, L)
         mask = tensors.mask
-        if mask is not None:
-            mask = graph.reshape(mask, [images, 1, taps, graph.positions])
+        if portable:
+            image = tensors.input  # (B, C, H, W)
+            if mask is not None:
+                mask = graph.reshape(mask, [batch, og, taps, graph.positions])  # (B, og, K, L)
+        else:
+            images = graph.product(batch, og)
+            image = graph.reshape(tensors.input, [images, cg, graph.size("H"), graph.size("W")])
+            if mask is not None:
+                mask = graph.reshape(mask, [images, 1, taps, graph.positions])  # (B*og, 1, K, L)
+    slices = [] if portable else _position_slices(graph, params)
     pieces: list[Optional[tuple[int, int]]] = [*slices] if slices else [None]
     outs = []
     for bounds in pieces:
         with graph.section("sampling"):
-            part, part_mask, positions = grid, mask, graph.positions
-            if bounds is not None:
+            if portable:
+                columns = (
+                    graph.op(
+                        "Concat",
+                        *[
+                            _sample(
+                                graph,
+                                _slice(graph, image, 1, group * cg, (group + 1) * cg),
+                                _slice(graph, grid, 1, group * taps, (group + 1) * taps),
+                                None if mask is None else _slice(graph, mask, 1, group, group + 1),
+                            )
+                            for group in range(og)
+                        ],
+                        axis=1,
+                    )
+                    if og > 1
+                    else _sample(graph, image, grid, mask)
+                )  # (B, C, K, L)
+                positions = graph.positions
+            elif bounds is None:
+                columns, positions = _sample(graph, image, grid, mask), graph.positions
+            else:
                 first, last = bounds
                 part = _slice(graph, grid, 2, first, last)  # (B*og, K, Lp, 2)
                 part_mask = None if mask is None else _slice(graph, mask, 3, first, last)  # (B*og, 1, K, Lp)
-                positions = last - first
-            # GridSample-20 renamed the mode "bilinear" to "linear".
-            mode = "linear" if graph.opset >= 20 else "bilinear"
-            columns = graph.op("GridSample", image, part, mode=mode, padding_mode="zeros", align_corners=0)
-            # columns: (B*og, Cg, K, Lp)
-            if part_mask is not None:
-                columns = graph.op("Mul", columns, part_mask)
+                columns, positions = _sample(graph, image, part, part_mask), last - first
         with graph.section("convolution"):
             outs.append(_kernel_times_columns(graph, params, columns, tensors.weight, positions))
     with graph.section("convolution"):
         out = outs[0] if len(outs) == 1 else graph.op("Concat", *outs, axis=3)  # (B, G, Cout/G, L)
-        out = graph.reshape(out, [graph.size("B"), params.out_channels, graph.size("oh"), graph.size("ow")])
+        out = graph.reshape(out, [batch, params.out_channels, graph.size("oh"), graph.size("ow")])
     return _plus_bias(graph, params, out, tensors.bias)
+
+
+def _sample(graph: _Graph[V], image: V, grid: V, mask: Optional[V]) -> V:
+    """GridSample's bilinear samples of ``image`` at ``grid``, times the mask.
+
+    Args:
+        image: (N, Cs, H, W).
+        grid: (N, K, Lp, 2), (x, y) normalised.
+        mask: (N, 1, K, Lp) or None.
+
+    Returns:
+        (N, Cs, K, Lp).
+    """
+    # GridSample-20 renamed the mode "bilinear" to "linear".
+    mode = "linear" if graph.opset >= 20 else "bilinear"
+    columns = graph.op("GridSample", image, grid, mode=mode, padding_mode="zeros", align_corners=0)
+    return columns if mask is None else graph.op("Mul", columns, mask)
 
 
 #: The size the sampled columns of one slice of output positions aim at: they are written by
@@ -279,48 +316,64 @@ def _slice(graph: _Graph[V], value: V, axis: int, first: int, last: int) -> V:
     return graph.op("Slice", value, graph.int64([first]), graph.int64([last]), graph.int64([axis]))
 
 
-def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V) -> V:
+def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V, portable: bool) -> V:
     """GridSample's grid: (x, y) of every sample, normalised so that -1 and 1 are the outer edges
     of the border pixels (align_corners=0):
 
         x_norm = (2x + 1) / W - 1 = dx * 2/W + ((2 (p0 + pk) + 1) / W - 1)
 
-    and y_norm likewise over H. Coordinates that are huge, infinite or NaN are set to -3.
-    The arithmetic runs with the positions last, (.., 1, L) and (.., 2, L); one Transpose at the
-    end puts (x, y) last, as GridSample reads them. (ONNX Runtime's elementwise kernels are an
-    order of magnitude slower on tensors whose last axis has size 1 or 2.)
+    and y_norm likewise over H. Coordinates that are huge or infinite are moved to +-3, far
+    outside; so are NaN ones, except in the ``portable`` form, which has no comparison (ncnn has
+    none) and leaves them NaN, so that their outputs are NaN. The arithmetic runs with the
+    positions last, (.., 1, L) and (.., 2, L); one Transpose at the end puts (x, y) last, as
+    GridSample reads them. (ONNX Runtime's elementwise kernels are an order of magnitude slower
+    on tensors whose last axis has size 1 or 2.)
 
     Args:
         offset: (B, og*K*2, oh, ow).
+        portable: the batch first, offset groups beside the taps.
 
     Returns:
-        (B*og, K, L, 2).
+        (B*og, K, L, 2), or (B, og*K, L, 2) if ``portable``.
     """
-    og, taps = params.offset_groups, params.taps
-    images, positions = graph.product(graph.size("B"), og), graph.positions
-    # offset: (B, og*K*2, oh, ow) -> (B*og, K, 2, L)
-    offset = graph.reshape(offset, [images, taps, 2, positions])
+    og, taps, positions = params.offset_groups, params.taps, graph.positions
+    # offset: (B, og*K*2, oh, ow) -> (B*og, K, 2, L), or (B, og*K, 2, L)
+    if portable:
+        offset = graph.reshape(offset, [graph.size("B"), og * taps, 2, positions])
+    else:
+        offset = graph.reshape(offset, [graph.product(graph.size("B"), og), taps, 2, positions])
+    repeats = og if portable else 1  # the base, (1, K, 1, L), repeated for every offset group
     coordinates = []
     for axis, size in ((1, graph.size("W")), (0, graph.size("H"))):  # x, then y: GridSample's order
-        delta = graph.op("Gather", offset, graph.int64([axis]), axis=2)  # (B*og, K, 1, L)
-        # scale 2/W and base (2 (p0 + pk) + 1) / W - 1, the latter (K, 1, L)
+        # a Slice, not a Gather of index [axis]: pnnx drops the gathered axis
+        delta = _slice(graph, offset, 2, axis, axis + 1)  # (B*og, K, 1, L) | (B, og*K, 1, L)
+        # scale 2/W and base (2 (p0 + pk) + 1) / W - 1, the latter (1, K, 1, L)
         static = _static_regular_grid(graph, params, axis, taps_first=True)
         if static is not None and isinstance(size, int):
-            scale, base_value = graph.floats(2.0 / size), graph.floats((2.0 * static + 1.0) / size - 1.0)
+            scale = graph.floats(2.0 / size)
+            base_value = graph.floats(np.tile((2.0 * static + 1.0) / size - 1.0, (1, repeats, 1, 1)))
         else:
             float_size = graph.as_float(size)
             scale = graph.op("Div", graph.floats(2.0), float_size)
             regular = _regular_grid(graph, params, axis, taps_first=True)
             doubled = graph.op("Add", graph.op("Mul", regular, graph.floats(2.0)), graph.floats(1.0))
             base_value = graph.op("Sub", graph.op("Div", doubled, float_size), graph.floats(1.0))
-        coordinates.append(graph.op("Add", graph.op("Mul", delta, scale), base_value))  # (B*og, K, 1, L)
-    grid = graph.op("Concat", *coordinates, axis=2)  # (B*og, K, 2, L)
+            if repeats > 1:
+                base_value = graph.op("Concat", *[base_value] * repeats, axis=1)
+        coordinates.append(graph.op("Add", graph.op("Mul", delta, scale), base_value))
+    grid = graph.op("Concat", *coordinates, axis=2)  # (B*og, K, 2, L) | (B, og*K, 2, L)
     # GridSample turns a huge, infinite or NaN coordinate into an out-of-range integer and then
     # reads some pixel. |x_norm| >= 3 is far outside the image whatever its size, so such
     # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
+    if portable:
+        return graph.op(
+            "Transpose",
+            graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT)),
+            perm=[0, 1, 3, 2],
+        )
     within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
     grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
-    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2)
+    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2) | (B, og*K, L, 2)
 
 
 def _kernel_times_columns(
@@ -394,7 +447,7 @@ def _sampling_points(graph: _Graph[V], params: DeformConvParams, offset: V) -> t
         delta = graph.op(
             "Slice", offset, graph.int64([axis]), graph.int64([2 * taps]), graph.int64([2]), graph.int64([2])
         )
-        regular = _regular_grid(graph, params, axis, taps_first=False)  # (L, K, 1)
+        regular = _regular_grid(graph, params, axis, taps_first=False)  # (1, L, K, 1)
         point = graph.op("Add", delta, regular)  # (B, L, K, og)
         points.append(graph.reshape(point, [graph.size("B"), positions, taps * og]))
     return points[0], points[1]
@@ -592,7 +645,9 @@ def _regular_grid(graph: _Graph[V], params: DeformConvParams, axis: int, taps_fi
     """p0 + pk along one axis (0: y, 1: x) for every tap and output position, unpadded pixels.
 
     Returns:
-        (K, 1, L) if ``taps_first`` else (L, K, 1); a constant when the output size is static.
+        (1, K, 1, L) if ``taps_first`` else (1, L, K, 1): of the rank of the coordinates it is
+        added to, since converters that relayout 4-D tensors (onnx2tf, pnnx) broadcast a
+        lower-rank operand wrongly; a constant when the output size is static.
     """
     static = _static_regular_grid(graph, params, axis, taps_first)
     if static is not None:
@@ -606,8 +661,10 @@ def _regular_grid(graph: _Graph[V], params: DeformConvParams, axis: int, taps_fi
     positions = graph.op(
         "Add", graph.op("Mul", counts, graph.floats(float(stride))), graph.floats(float(-stride - pad))
     )
-    positions = graph.reshape(positions, [1, 1, graph.positions] if taps_first else [graph.positions, 1, 1])
-    taps = _tap_offsets(params, axis).reshape((-1, 1, 1) if taps_first else (1, -1, 1))
+    positions = graph.reshape(
+        positions, [1, 1, 1, graph.positions] if taps_first else [1, graph.positions, 1, 1]
+    )
+    taps = _tap_offsets(params, axis).reshape((1, -1, 1, 1) if taps_first else (1, 1, -1, 1))
     return graph.op("Add", graph.floats(taps), positions)
 
 
@@ -621,7 +678,7 @@ def _static_regular_grid(
     rows, cols = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
     positions = (rows if axis == 0 else cols).reshape(-1) * params.stride[axis] - params.padding[axis]  # (L,)
     grid = _tap_offsets(params, axis)[:, None] + positions[None, :]  # (K, L)
-    return (grid[:, None, :] if taps_first else grid.T[..., None]).astype(graph.dtype)
+    return (grid[None, :, None, :] if taps_first else grid.T[None, :, :, None]).astype(graph.dtype)
 
 
 def _tap_offsets(params: DeformConvParams, axis: int) -> np.ndarray:
@@ -640,7 +697,8 @@ def _plus_bias(graph: _Graph[V], params: DeformConvParams, out: V, bias: Optiona
 
 #: The core's lowerings: each writes the whole call, bias included, in the compute dtype.
 _LOWERINGS: dict[Lowering, Callable[[_Graph[Any], DeformConvParams, Operands[Any]], Any]] = {
-    "grid_sample": _grid_sample,
+    "grid_sample": functools.partial(_grid_sample, False),
+    "grid_sample_ncnn": functools.partial(_grid_sample, True),
     "gather_rows": functools.partial(_gather, _read_by_gather),
     "gathernd": functools.partial(_gather, _read_by_gathernd),
     "gatherelements": functools.partial(_gather, _read_by_gatherelements),

@@ -16,10 +16,13 @@ from onnx import TensorProto
 from .params import DeformConvExportError
 
 #: How the graph computes the call; see :class:`LoweringOptions`.
-Lowering = Literal["auto", "grid_sample", "gather_rows", "gathernd", "gatherelements", "native"]
+Lowering = Literal[
+    "auto", "grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"
+]
 LOWERINGS: tuple[Lowering, ...] = (
     "auto",
     "grid_sample",
+    "grid_sample_ncnn",
     "gather_rows",
     "gathernd",
     "gatherelements",
@@ -33,7 +36,11 @@ DECOMPOSITION_MIN_OPSET = 12
 GRID_SAMPLE_MIN_OPSET = 16
 #: The first opset with the DeformConv operator.
 NATIVE_MIN_OPSET = 19
-_MIN_OPSET = {"grid_sample": GRID_SAMPLE_MIN_OPSET, "native": NATIVE_MIN_OPSET}
+_MIN_OPSET = {
+    "grid_sample": GRID_SAMPLE_MIN_OPSET,
+    "grid_sample_ncnn": GRID_SAMPLE_MIN_OPSET,
+    "native": NATIVE_MIN_OPSET,
+}
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,14 @@ class LoweringOptions:
         lowering: ``auto`` (default): the fastest exact decomposition the opset allows,
             ``grid_sample`` from opset 16 for float32 computation, else ``gather_rows``.
             ``grid_sample``: ONNX GridSample samples every channel, then one MatMul applies the
-            kernel. ``gather_rows``: one Gather reads whole channel vectors from a channels-last
-            copy of the input, a MatMul combines the four corners. ``gathernd`` and
-            ``gatherelements``: the same with GatherND (batch_dims=1) or GatherElements as the
-            gather, the 1.x package's two choices. ``native``: ONNX's DeformConv operator
-            (opset >= 19), no decomposition.
+            kernel. ``grid_sample_ncnn``: the same for runtimes with neither a batch axis nor
+            comparisons (ncnn, through pnnx): one GridSample per offset group, coordinates
+            clamped by Clip; a NaN offset gives NaN outputs instead of zero samples, where
+            torchvision's CPU kernel reads out of bounds. ``gather_rows``: one Gather reads
+            whole channel vectors from a channels-last copy of the input, a MatMul combines the
+            four corners. ``gathernd`` and ``gatherelements``: the same with GatherND
+            (batch_dims=1) or GatherElements as the gather, the 1.x package's two choices.
+            ``native``: ONNX's DeformConv operator (opset >= 19), no decomposition.
     """
 
     lowering: Lowering = "auto"
