@@ -324,10 +324,10 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V, port
 
     and y_norm likewise over H. Coordinates that are huge or infinite are moved to +-3, far
     outside; so are NaN ones, except in the ``portable`` form, which has no comparison (ncnn has
-    none) and leaves them NaN, so that their outputs are NaN. The arithmetic runs with the
-    positions last, (.., 1, L) and (.., 2, L); one Transpose at the end puts (x, y) last, as
-    GridSample reads them. (ONNX Runtime's elementwise kernels are an order of magnitude slower
-    on tensors whose last axis has size 1 or 2.)
+    none) and leaves them NaN: GridSample then reads what its runtime reads for NaN. The
+    arithmetic runs with the positions last, (.., 1, L) and (.., 2, L); one Transpose at the end
+    puts (x, y) last, as GridSample reads them. (ONNX Runtime's elementwise kernels are an order
+    of magnitude slower on tensors whose last axis has size 1 or 2.)
 
     Args:
         offset: (B, og*K*2, oh, ow).

@@ -53,8 +53,9 @@ class LoweringOptions:
             ``grid_sample``: ONNX GridSample samples every channel, then one MatMul applies the
             kernel. ``grid_sample_ncnn``: the same for runtimes with neither a batch axis nor
             comparisons (ncnn, through pnnx): one GridSample per offset group, coordinates
-            clamped by Clip; a NaN offset gives NaN outputs instead of zero samples, where
-            torchvision's CPU kernel reads out of bounds. ``gather_rows``: one Gather reads
+            clamped by Clip. A NaN offset is not caught: the outputs that read it are undefined
+            (NaN on ncnn, some pixel on ONNX Runtime), as in torchvision's CPU kernel, which
+            reads out of bounds there. ``gather_rows``: one Gather reads
             whole channel vectors from a channels-last copy of the input, a MatMul combines the
             four corners. ``gathernd`` and ``gatherelements``: the same with GatherND
             (batch_dims=1) or GatherElements as the gather, the 1.x package's two choices.

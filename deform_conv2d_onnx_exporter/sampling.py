@@ -73,6 +73,14 @@ def sampling_nodes(model: onnx.ModelProto) -> list[str]:
 
     found: set[int] = set()  # ids of the sampling nodes
 
+    samplers = [
+        node
+        for node in graph.node
+        if node.op_type in _SAMPLERS
+        and (node.op_type == "GridSample" or node.input[_SAMPLERS[node.op_type]] in varying)
+    ]
+    sampler_ids = {id(node) for node in samplers}
+
     def walk_back(names: Iterable[str]) -> None:
         stack = [name for name in names if name and name not in constants]
         while stack:
@@ -80,15 +88,11 @@ def sampling_nodes(model: onnx.ModelProto) -> list[str]:
             if node is None or id(node) in found or is_layer(node):
                 continue
             found.add(id(node))
-            if node.op_type not in _SHAPE_READERS:
+            if id(node) in sampler_ids:  # reached from its samples: only its coordinates, not the image
+                stack.append(node.input[_SAMPLERS[node.op_type]])
+            elif node.op_type not in _SHAPE_READERS:
                 stack.extend(name for name in node.input if name and name not in constants)
 
-    samplers = [
-        node
-        for node in graph.node
-        if node.op_type in _SAMPLERS
-        and (node.op_type == "GridSample" or node.input[_SAMPLERS[node.op_type]] in varying)
-    ]
     for sampler in samplers:
         found.add(id(sampler))
         walk_back([sampler.input[_SAMPLERS[sampler.op_type]]])

@@ -33,7 +33,7 @@ TOLERANCE = {
 }
 
 #: Every lowering but "auto", which resolves to one of them.
-LOWERINGS = ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"]
+LOWERINGS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"]
 
 #: Both exporters; tests/conftest.py deselects the tests of one the installed torch lacks.
 EXPORTERS = ["legacy", "dynamo"]
@@ -90,7 +90,7 @@ def missing_path(
     if exporter == "legacy" and opset is not None and opset > TORCH.legacy_max_opset:
         return f"legacy opset {opset}: torch {TORCH.version} writes opsets up to {TORCH.legacy_max_opset}"
     if (
-        lowering == "grid_sample"
+        str(lowering).startswith("grid_sample")
         and dtype == torch.float64
         and on_onnxruntime
         and exporter == "legacy"
@@ -117,9 +117,11 @@ def missing_path(
 
 def min_opset(lowering: str, dtype: torch.dtype = torch.float32) -> int:
     """The lowest opset at which ONNX Runtime runs ``lowering`` on ``dtype`` inputs."""
-    if lowering == "grid_sample" and dtype == torch.float64:
+    if lowering.startswith("grid_sample") and dtype == torch.float64:
         return FLOAT64_GRID_SAMPLE_OPSET
-    return {"grid_sample": GRID_SAMPLE_MIN_OPSET, "native": NATIVE_MIN_OPSET}.get(lowering, 12)
+    if lowering.startswith("grid_sample"):
+        return GRID_SAMPLE_MIN_OPSET
+    return NATIVE_MIN_OPSET if lowering == "native" else 12
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,9 @@ def test_unknown_dtype_is_refused() -> None:
         _call(None)
 
 
-@pytest.mark.parametrize("lowering", ["grid_sample", "gather_rows", "gathernd", "gatherelements"])
+@pytest.mark.parametrize(
+    "lowering", ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
+)
 def test_float_inputs_are_emitted(lowering: str) -> None:
     nodes = _call(TensorProto.FLOAT, lowering).nodes
     assert "MatMul" in nodes and "DeformConv" not in nodes

@@ -29,7 +29,9 @@ DTYPE_CASES = [Case(), Case(offset_groups=2, groups=2, mask=False, stride=(2, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
-@pytest.mark.parametrize("lowering", ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"])
+@pytest.mark.parametrize(
+    "lowering", ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"]
+)
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("case", DTYPE_CASES, ids=str)
 def test_dtype(case: Case, exporter: str, lowering: str, dtype: torch.dtype) -> None:
@@ -41,7 +43,9 @@ def test_dtype(case: Case, exporter: str, lowering: str, dtype: torch.dtype) -> 
             export(module, inputs, exporter, lowering, names)
         return
     # ONNX Runtime has float64 GridSample from opset 20 (the auto lowering avoids it below)
-    opset = FLOAT64_GRID_SAMPLE_OPSET if dtype == torch.float64 and lowering == "grid_sample" else None
+    opset = (
+        FLOAT64_GRID_SAMPLE_OPSET if dtype == torch.float64 and lowering.startswith("grid_sample") else None
+    )
     model = export(module, inputs, exporter, lowering, names, opset=opset)
     assert_matches(run(model, names, inputs), module(*inputs), dtype)
 
@@ -61,7 +65,9 @@ def test_float16_is_sampled_in_float32() -> None:
     np.testing.assert_allclose(got, exact.half().numpy(), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("lowering", ["grid_sample", "gather_rows", "gathernd", "gatherelements", "native"])
+@pytest.mark.parametrize(
+    "lowering", ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"]
+)
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_dynamic_sizes(exporter: str, lowering: str) -> None:
     """Exported at 7×9, batch 1; run at other sizes and batches, including larger ones."""

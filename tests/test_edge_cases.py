@@ -32,6 +32,8 @@ def test_extreme_offsets_sample_zero(exporter: str, lowering: str) -> None:
 
     torchvision agrees for the finite and infinite ones; on a NaN offset its CPU kernel reads out
     of bounds (it crashed the process here), so the expected value is taken with 1e4 instead.
+    ``grid_sample_ncnn`` has no comparison to catch a NaN: the outputs that read that sample are
+    undefined (NaN on ncnn, some pixel on ONNX Runtime, as in torchvision), the others match.
     """
     case = Case(height=6, width=5)
     module, names = DeformConvCall(case), input_names(case)
@@ -40,8 +42,13 @@ def test_extreme_offsets_sample_zero(exporter: str, lowering: str) -> None:
         x, offset, mask = make_inputs(case, seed=i)
         offset[0, 2 * i % offset.shape[1], i % 3, i % 4] = value
         offset[0, 5, 1, 1] = value
-        finite = torch.nan_to_num(offset, nan=1e4)
-        assert_matches(run(model, names, (x, offset, mask)), module(x, finite, mask), torch.float32)
+        got = run(model, names, (x, offset, mask))
+        expected = module(x, torch.nan_to_num(offset, nan=1e4), mask)
+        if lowering == "grid_sample_ncnn" and math.isnan(value):
+            # undefined where the NaN is read, as in torchvision; exact everywhere else
+            read = torch.isnan(offset).any(dim=1, keepdim=True).expand_as(expected)
+            got, expected = got[~read.numpy()], expected[~read]
+        assert_matches(got, expected, torch.float32)
 
 
 @pytest.mark.parametrize("lowering", list(LOWERINGS))
@@ -52,7 +59,7 @@ def test_empty_batch(exporter: str, lowering: str) -> None:
     module, names = DeformConvCall(case), input_names(case)
     model = export(module, make_inputs(case, batch=2), exporter, lowering, names, dynamic=True)
     empty = tuple(t[:0] for t in make_inputs(case))
-    if not ORT_EMPTY_BATCH_MATMUL and lowering == "grid_sample":
+    if not ORT_EMPTY_BATCH_MATMUL and lowering.startswith("grid_sample"):
         # It applies the kernel with one MatMul broadcast over the batch, which this ONNX
         # Runtime refuses for a batch of 0 (README, "Limits").
         with pytest.raises(Exception, match="cannot broadcast"):

@@ -64,20 +64,20 @@ def _runtimes() -> dict[str, RunModel]:
 
 
 RUNTIMES = _runtimes()
-LOWERINGS = ["grid_sample", "gather_rows", "gathernd", "gatherelements"]
+LOWERINGS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
 
 
 def _opset_for(lowering: str) -> int:
-    return 20 if lowering == "grid_sample" else 19
+    return 20 if lowering.startswith("grid_sample") else 19
 
 
 def _runs(runtime: str, lowering: str, opset: int, case: NodeCase) -> bool:
     """Whether this runtime can run this lowering at all; the combinations it cannot are not generated."""
     if case.dtype == np.float64 and runtime == "openvino":
         return False  # OpenVINO's CPU plugin computes float64 models in float32
-    if case.dtype == np.float64 and lowering == "grid_sample":
+    if case.dtype == np.float64 and lowering.startswith("grid_sample"):
         return False  # GridSample's coordinate round trip is float32-exact only (README, Precision)
-    if runtime == "reference" and lowering == "grid_sample" and opset < 20:
+    if runtime == "reference" and lowering.startswith("grid_sample") and opset < 20:
         return False  # onnx.reference's GridSample-16 refuses mode="bilinear" (its name for linear)
     if runtime == "reference" and lowering == "gatherelements":
         # numpy.choose, behind GatherElements
