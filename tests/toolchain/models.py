@@ -22,7 +22,7 @@ INPUT = "image"
 OUTPUT = "features"
 CHANNELS = 3
 #: (H, W) of the export and, for dynamic variants, the other size they are run at.
-EXPORT_SIZE = (32, 32)
+EXPORT_SIZE = (32, 48)
 OTHER_SIZE = (24, 40)
 
 
@@ -86,6 +86,8 @@ VARIANTS = [
     Variant("gather_rows-static-b2", "legacy", lowering="gather_rows", opset=17, dynamic=False, batch=2),
     Variant("gathernd", "legacy", lowering="gathernd", opset=17),
     Variant("gatherelements", "legacy", lowering="gatherelements", opset=17),
+    Variant("ncnn", "legacy", lowering="grid_sample_ncnn", opset=17, dynamic=False),
+    Variant("dynamo-ncnn", "dynamo", lowering="grid_sample_ncnn"),
     Variant("decomposed", "dynamo", decompose=True),
     Variant(
         "decomposed-gather_rows-static-b2",

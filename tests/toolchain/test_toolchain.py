@@ -39,7 +39,7 @@ class Documented:
 
 
 _NCNN = Documented(
-    "ncnn has no comparison or Where layers (README, Deploying); open in issue 11",
+    "ncnn has no comparison, Where or batch; workaround: lowering='grid_sample_ncnn' (README, Deploying)",
     r"layers pnnx left without an ncnn equivalent: .*torch\.where",
 )
 _TRACT = Documented(
@@ -47,29 +47,15 @@ _TRACT = Documented(
     "workaround: static sizes (onnxsim overwrite_input_shapes) or grid_sample",
     r"Reshape volume mismatch",
 )
-_ONNX2TF_GRID_SAMPLE = Documented(
-    "onnx2tf's GridSample conversion squeezes the grid's last axis; open in issue 11",
-    r"Can not squeeze dim\[3\]",
-)
 
-#: (tool, variant or "*") -> the documented failure. An error must match its message (another error
+#: (tool, variant) -> the documented failure. An error must match its message (another error
 #: fails the test); a tool that no longer fails is judged like any other result.
 DOCUMENTED: dict[tuple[str, str], Documented] = {
-    ("pnnx-ncnn", "*"): _NCNN,
+    **{("pnnx-ncnn", variant.name): _NCNN for variant in VARIANTS if variant.lowering != "grid_sample_ncnn"},
     **{
         ("tract", variant): _TRACT
         for variant in ("dynamo-gathernd", "legacy13", "gather_rows", "gathernd", "gatherelements")
     },
-    ("onnx2tf-tflite", "dynamo"): _ONNX2TF_GRID_SAMPLE,
-    ("onnx2tf-tflite", "legacy17-static"): _ONNX2TF_GRID_SAMPLE,
-    ("onnx2tf-tflite", "dynamo-static-b2"): Documented(
-        "onnx2tf converts the dynamo export with a static batch of 2 into a wrong model; open in issue 11",
-        None,
-    ),
-    ("onnx2tf-tflite", "gather_rows-static-b2"): Documented(
-        "onnx2tf's channels-last relayout breaks the gather lowering's index Add; open in issue 11",
-        r"Cannot reshape a tensor with \d+ elements",
-    ),
     ("onnx2tf-tflite", "decomposed-gather_rows-static-b2"): Documented(
         "onnx2tf loses a shape in the coordinate arithmetic; open in issue 11", r"has no attribute 'shape'"
     ),
@@ -87,7 +73,7 @@ DOCUMENTED: dict[tuple[str, str], Documented] = {
 
 
 def _documented(tool: Tool, variant: Variant) -> Optional[Documented]:
-    return DOCUMENTED.get((tool.name, variant.name)) or DOCUMENTED.get((tool.name, "*"))
+    return DOCUMENTED.get((tool.name, variant.name))
 
 
 def _message(error: BaseException) -> str:
