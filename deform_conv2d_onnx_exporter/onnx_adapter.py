@@ -6,11 +6,12 @@ types come from ONNX shape inference run on the model beforehand (see :mod:`.rew
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from .decomposition import deform_conv2d
 from .emitter import Attribute, Emitter
@@ -27,11 +28,16 @@ ATTRIBUTES = ("dilations", "group", "kernel_shape", "offset_group", "pads", "str
 class OnnxGraphEmitter(Emitter[str]):
     """Collects the nodes and constants that replace one DeformConv node.
 
+    A node whose inputs are all constants (the model's initializers, such as the weight, or the
+    core's own constants) is computed here and written as a constant, as the torch exporters
+    fold it: some converters (onnx2tf) fail on a Reshape of an initializer.
+
     Args:
         opset: the default-domain opset of the model the nodes go into.
         facts: element type and shape of every tensor of the model, by name.
         fresh_name: returns an unused tensor or node name built from its argument.
         prefix: the start of every new node's name (the replaced node's name).
+        initializers: the model's initializers that are not also graph inputs, by name.
     """
 
     path = "rewrite"
@@ -42,6 +48,7 @@ class OnnxGraphEmitter(Emitter[str]):
         facts: dict[str, TensorFacts],
         fresh_name: Callable[[str], str],
         prefix: str,
+        initializers: Mapping[str, onnx.TensorProto],
     ) -> None:
         super().__init__(opset)
         self.nodes: list[onnx.NodeProto] = []
@@ -49,8 +56,13 @@ class OnnxGraphEmitter(Emitter[str]):
         self._facts = facts
         self._fresh_name = fresh_name
         self._prefix = prefix
+        self._model_constants = initializers
+        self._values: dict[str, np.ndarray] = {}  # the constants this emitter wrote
 
     def _node(self, op_type: str, inputs: Sequence[str], attributes: dict[str, Attribute], name: str) -> str:
+        values = [self._value(i) for i in inputs]
+        if all(value is not None for value in values):
+            return self._constant(_evaluate(op_type, values, attributes))  # type: ignore[arg-type]
         # the node and its only output share one fresh name: <DeformConv node>/<section>/<op_type>
         name = self._fresh_name(f"{self._prefix}/{name}")
         node = helper.make_node(op_type, list(inputs), [name], name=name)
@@ -61,13 +73,29 @@ class OnnxGraphEmitter(Emitter[str]):
     def _constant(self, array: np.ndarray) -> str:
         name = self._fresh_name(f"{self._prefix}/const")
         self.initializers.append(numpy_helper.from_array(array, name))
+        self._values[name] = array
         return name
+
+    def _value(self, name: str) -> Optional[np.ndarray]:
+        """The value of a constant tensor, None for a tensor computed from the graph's inputs."""
+        if name in self._values:
+            return self._values[name]
+        tensor = self._model_constants.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
 
     def static_shape(self, value: str) -> StaticShape:
         return self._facts.get(value, (None, None))[1]
 
     def elem_type(self, value: str) -> Optional[int]:
         return self._facts.get(value, (None, None))[0]
+
+
+def _evaluate(op_type: str, inputs: Sequence[np.ndarray], attributes: dict[str, Attribute]) -> np.ndarray:
+    """One node computed on constant inputs by ONNX's reference implementation."""
+    names = [f"x{i}" for i in range(len(inputs))]
+    node = helper.make_node(op_type, names, ["y"], **attributes)
+    (out,) = ReferenceEvaluator(node).run(None, dict(zip(names, inputs)))
+    return np.asarray(out)
 
 
 def params_of(node: onnx.NodeProto, facts: dict[str, TensorFacts]) -> DeformConvParams:

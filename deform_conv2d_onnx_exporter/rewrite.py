@@ -149,14 +149,18 @@ def _replace_deform_convs(
 ) -> list[str]:
     """Replace every main-graph DeformConv node of ``model``, in place; return their names."""
     fresh_name = _name_factory(model.graph)
+    overridable = {value.name for value in model.graph.input}  # an initializer that is also an input
+    constants = {t.name: t for t in model.graph.initializer if t.name not in overridable}
     nodes: list[onnx.NodeProto] = []
     rewritten: list[str] = []
+    read: set[str] = set()  # the initializers the replaced nodes read
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx", _PENDING_DOMAIN) or node.op_type != "DeformConv":
             nodes.append(node)
             continue
+        read.update(name for name in node.input if name in constants)
         prefix = node.name or fresh_name("DeformConv")
-        emitter = OnnxGraphEmitter(opset, facts, fresh_name, prefix)
+        emitter = OnnxGraphEmitter(opset, facts, fresh_name, prefix, constants)
         replace_node(node, params_of(node, facts), options, emitter)
         nodes.extend(emitter.nodes)
         model.graph.initializer.extend(emitter.initializers)
@@ -165,7 +169,29 @@ def _replace_deform_convs(
             progress(len(rewritten), total, prefix)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    _drop_unread_initializers(model.graph, read)
     return rewritten
+
+
+def _drop_unread_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
+    """Remove the ``candidates`` no node (subgraphs included) or graph output reads any more.
+
+    A weight that only a replaced DeformConv read is now folded into the decomposition's own
+    constants; keeping it would store it twice.
+    """
+    used: set[str] = {value.name for value in graph.output}
+
+    def collect(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            used.update(node.input)
+            for attribute in node.attribute:
+                for body in _subgraphs(attribute):
+                    collect(body)
+
+    collect(graph)
+    kept = [tensor for tensor in graph.initializer if tensor.name not in candidates or tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
