@@ -153,7 +153,7 @@ def _replace_deform_convs(
     constants = {t.name: t for t in model.graph.initializer if t.name not in overridable}
     nodes: list[onnx.NodeProto] = []
     rewritten: list[str] = []
-    read: set[str] = set()  # the initializers the replaced nodes read
+    read: set[str] = set()  # the initializers the replaced nodes read, and the new ones
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx", _PENDING_DOMAIN) or node.op_type != "DeformConv":
             nodes.append(node)
@@ -164,6 +164,7 @@ def _replace_deform_convs(
         replace_node(node, params_of(node, facts), options, emitter)
         nodes.extend(emitter.nodes)
         model.graph.initializer.extend(emitter.initializers)
+        read.update(tensor.name for tensor in emitter.initializers)  # some were folded further
         rewritten.append(prefix)
         if progress is not None:
             progress(len(rewritten), total, prefix)
@@ -177,7 +178,8 @@ def _drop_unread_initializers(graph: onnx.GraphProto, candidates: set[str]) -> N
     """Remove the ``candidates`` no node (subgraphs included) or graph output reads any more.
 
     A weight that only a replaced DeformConv read is now folded into the decomposition's own
-    constants; keeping it would store it twice.
+    constants; keeping it would store it twice. Constants the decomposition folded into others
+    go too.
     """
     used: set[str] = {value.name for value in graph.output}
 
