@@ -40,7 +40,6 @@ class DCNv2Block(nn.Module):
         padding = kernel_size // 2
         self.offset_groups = offset_groups
         self.offset_scale = offset_scale
-        self.split_sizes = [2 * offset_groups * taps, offset_groups * taps]  # offset, mask channels
         self.offset_and_mask = nn.Conv2d(in_channels, 3 * offset_groups * taps, kernel_size, stride, padding)
         self.deform = DeformConv2d(
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
@@ -50,11 +49,10 @@ class DCNv2Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H / stride, W / stride)."""
-        # one ONNX Split with constant sizes, not Slices: onnx2tf 1.29 slices the wrong axis of a
-        # conv's output (README, "Deploying")
-        offset, mask = torch.split(self.offset_and_mask(x), self.split_sizes, dim=1)
-        offset = offset * self.offset_scale
-        mask = torch.sigmoid(mask)
+        predicted = self.offset_and_mask(x)
+        split = 2 * self.deform.weight.shape[2] * self.deform.weight.shape[3] * self.offset_groups
+        offset = predicted[:, :split] * self.offset_scale
+        mask = torch.sigmoid(predicted[:, split:])
         return self.act(self.norm(self.deform(x, offset, mask)))
 
 
