@@ -21,7 +21,9 @@ from deform_conv2d_onnx_exporter.demo import DCNv2Block, with_random_statistics
 INPUT = "image"
 OUTPUT = "features"
 CHANNELS = 3
-#: (H, W) of the export and, for dynamic variants, the other size they are run at.
+#: (H, W) of the export and, for dynamic variants, the other size they are run at. Not square: at
+#: 32x32 the second block's output is (B, 16, 16, 16), whose layout onnx2tf cannot tell (a variant
+#: of its own pins that).
 EXPORT_SIZE = (32, 48)
 OTHER_SIZE = (24, 40)
 
@@ -56,7 +58,8 @@ class Variant:
     """One way of exporting the network.
 
     ``decompose``: torch's own dynamo export (native DeformConv) rewritten by ``decompose_model``
-    with ``lowering``; ``batch``: the export's batch, static unless ``dynamic``.
+    with ``lowering``; ``batch``: the export's batch, static unless ``dynamic``; ``size``: the
+    export's (H, W).
     """
 
     name: str
@@ -66,10 +69,11 @@ class Variant:
     dynamic: bool = True
     batch: int = 1
     decompose: bool = False
+    size: tuple[int, int] = EXPORT_SIZE
 
     def sizes(self) -> list[tuple[int, int, int, int]]:
         """The input shapes (B, C, H, W) to check: the export's, and another one when dynamic."""
-        shapes = [(self.batch, CHANNELS, *EXPORT_SIZE)]
+        shapes = [(self.batch, CHANNELS, *self.size)]
         if self.dynamic:
             shapes.append((self.batch + 1, CHANNELS, *OTHER_SIZE))
         return shapes
@@ -82,6 +86,7 @@ VARIANTS = [
     Variant("legacy13", "legacy", opset=13),
     Variant("legacy17", "legacy", opset=17),
     Variant("legacy17-static", "legacy", opset=17, dynamic=False),
+    Variant("legacy17-static-square", "legacy", opset=17, dynamic=False, size=(32, 32)),
     Variant("gather_rows", "legacy", lowering="gather_rows", opset=17),
     Variant("gather_rows-static-b2", "legacy", lowering="gather_rows", opset=17, dynamic=False, batch=2),
     Variant("gathernd", "legacy", lowering="gathernd", opset=17),
@@ -102,7 +107,7 @@ VARIANTS = [
 
 def export(variant: Variant, model: nn.Module, path: str) -> None:
     """Write ``variant`` of ``model`` to ``path`` (checked by onnx)."""
-    x = torch.randn(variant.batch if not variant.dynamic else 2, CHANNELS, *EXPORT_SIZE)
+    x = torch.randn(variant.batch if not variant.dynamic else 2, CHANNELS, *variant.size)
     kwargs: dict[str, Any] = {"input_names": [INPUT], "output_names": [OUTPUT]}
     if variant.opset is not None:
         kwargs["opset_version"] = variant.opset

@@ -56,8 +56,15 @@ DOCUMENTED: dict[tuple[str, str], Documented] = {
         ("tract", variant): _TRACT
         for variant in ("dynamo-gathernd", "legacy13", "gather_rows", "gathernd", "gatherelements")
     },
+    ("onnx2tf-tflite", "legacy17-static-square"): Documented(
+        "onnx2tf cannot tell the layout of the second block's (1, 16, 16, 16) output and converts "
+        "it wrong; workaround: convert at an input size where no such tensor has C = H = W",
+        None,
+    ),
     ("onnx2tf-tflite", "decomposed-gather_rows-static-b2"): Documented(
-        "onnx2tf loses a shape in the coordinate arithmetic; open in issue 11", r"has no attribute 'shape'"
+        "onnx2tf's accuracy check cannot run its TensorFlow graph up to the second block's first "
+        "coordinate Add and reads None; workaround: the grid_sample lowering (variant 'decomposed')",
+        r"has no attribute 'shape'",
     ),
     ("onnxslim", "dynamo-gathernd"): Documented(
         "onnxslim's shape inference removes the Reshape before the kernel MatMul; workaround: fixed "

@@ -472,6 +472,7 @@ TOOLS: list[Tool] = [
             "dynamo",
             "dynamo-static-b2",
             "legacy17-static",
+            "legacy17-static-square",
             "ncnn",
             "gather_rows-static-b2",
             "decomposed-gather_rows-static-b2",
