@@ -70,7 +70,7 @@ SHAPES = [
     Shape(1, 64, 64, 64, 64, 3, 1, 2, 2, 2, 4, True),
     Shape(1, 256, 256, 32, 32, 7, 1, 3, 1, 1, 1, True),
 ]
-DECOMPOSITIONS = ["grid_sample", "gather_rows", "gathernd", "gatherelements"]
+DECOMPOSITIONS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
 DEFAULT = "grid_sample"
 
 

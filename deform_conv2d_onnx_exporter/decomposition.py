@@ -225,23 +225,7 @@ def _grid_sample(portable: bool, graph: _Graph[V], params: DeformConvParams, ten
     for bounds in pieces:
         with graph.section("sampling"):
             if portable:
-                columns = (
-                    graph.op(
-                        "Concat",
-                        *[
-                            _sample(
-                                graph,
-                                _slice(graph, image, 1, group * cg, (group + 1) * cg),
-                                _slice(graph, grid, 1, group * taps, (group + 1) * taps),
-                                None if mask is None else _slice(graph, mask, 1, group, group + 1),
-                            )
-                            for group in range(og)
-                        ],
-                        axis=1,
-                    )
-                    if og > 1
-                    else _sample(graph, image, grid, mask)
-                )  # (B, C, K, L)
+                columns = _sample_each_offset_group(graph, params, image, grid, mask)  # (B, C, K, L)
                 positions = graph.positions
             elif bounds is None:
                 columns, positions = _sample(graph, image, grid, mask), graph.positions
@@ -256,6 +240,34 @@ def _grid_sample(portable: bool, graph: _Graph[V], params: DeformConvParams, ten
         out = outs[0] if len(outs) == 1 else graph.op("Concat", *outs, axis=3)  # (B, G, Cout/G, L)
         out = graph.reshape(out, [batch, params.out_channels, graph.size("oh"), graph.size("ow")])
     return _plus_bias(graph, params, out, tensors.bias)
+
+
+def _sample_each_offset_group(
+    graph: _Graph[V], params: DeformConvParams, image: V, grid: V, mask: Optional[V]
+) -> V:
+    """grid_sample_ncnn's sampling: one GridSample per offset group, the columns concatenated.
+
+    Args:
+        image: (B, C, H, W).
+        grid: (B, og*K, L, 2).
+        mask: (B, og, K, L) or None.
+
+    Returns:
+        (B, C, K, L).
+    """
+    og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
+    if og == 1:
+        return _sample(graph, image, grid, mask)
+    columns = [
+        _sample(
+            graph,
+            _slice(graph, image, 1, group * cg, (group + 1) * cg),
+            _slice(graph, grid, 1, group * taps, (group + 1) * taps),
+            None if mask is None else _slice(graph, mask, 1, group, group + 1),
+        )
+        for group in range(og)
+    ]
+    return graph.op("Concat", *columns, axis=1)
 
 
 def _sample(graph: _Graph[V], image: V, grid: V, mask: Optional[V]) -> V:
