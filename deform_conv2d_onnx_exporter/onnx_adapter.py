@@ -65,9 +65,7 @@ class OnnxGraphEmitter(Emitter[str]):
             return self._constant(_evaluate(op_type, values, attributes))  # type: ignore[arg-type]
         # the node and its only output share one fresh name: <DeformConv node>/<section>/<op_type>
         name = self._fresh_name(f"{self._prefix}/{name}")
-        node = helper.make_node(op_type, list(inputs), [name], name=name)
-        node.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attributes.items()))
-        self.nodes.append(node)
+        self.nodes.append(_make_node(op_type, inputs, name, attributes))
         return name
 
     def _constant(self, array: np.ndarray) -> str:
@@ -93,9 +91,19 @@ class OnnxGraphEmitter(Emitter[str]):
 def _evaluate(op_type: str, inputs: Sequence[np.ndarray], attributes: dict[str, Attribute]) -> np.ndarray:
     """One node computed on constant inputs by ONNX's reference implementation."""
     names = [f"x{i}" for i in range(len(inputs))]
-    node = helper.make_node(op_type, names, ["y"], **attributes)
-    (out,) = ReferenceEvaluator(node).run(None, dict(zip(names, inputs)))
+    (out,) = ReferenceEvaluator(_make_node(op_type, names, "y", attributes)).run(
+        None, dict(zip(names, inputs))
+    )
     return np.asarray(out)
+
+
+def _make_node(
+    op_type: str, inputs: Sequence[str], output: str, attributes: dict[str, Attribute]
+) -> onnx.NodeProto:
+    """A node named as its only output."""
+    node = helper.make_node(op_type, list(inputs), [output], name=output)
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attributes.items()))
+    return node
 
 
 def params_of(node: onnx.NodeProto, facts: dict[str, TensorFacts]) -> DeformConvParams:
