@@ -475,6 +475,7 @@ TOOLS: list[Tool] = [
             "legacy17-static-square",
             "ncnn",
             "gather_rows-static-b2",
+            "decomposed",
             "decomposed-gather_rows-static-b2",
         ),
     ),
