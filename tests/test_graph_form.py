@@ -55,13 +55,37 @@ def test_exported_graph_form(exporter: str, lowering: str, dynamic: bool, opset:
         opset=opset,
     )
     _check_form(onnx.load_from_string(data))
+    if lowering == "grid_sample_ncnn":
+        _check_batch_first_without_comparisons(onnx.load_from_string(data), None if dynamic else CASE.batch)
 
 
 @pytest.mark.onnx_only
 @pytest.mark.parametrize(("lowering", "dynamic", "opset"), _cases((13, 17, 19)))
 def test_rewritten_graph_form(lowering: str, dynamic: bool, opset: int) -> None:
     model = build(NODE_CASE.with_(symbolic_batch=dynamic, symbolic_size=dynamic))
-    _check_form(decompose_model(model, opset=opset, lowering=lowering).model)
+    rewritten = decompose_model(model, opset=opset, lowering=lowering).model
+    _check_form(rewritten)
+    if lowering == "grid_sample_ncnn":
+        _check_batch_first_without_comparisons(rewritten, None if dynamic else NODE_CASE.batch)
+
+
+#: What ncnn has no layer for: the grid_sample_ncnn lowering writes none of these.
+_COMPARISONS = {"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Where", "And", "Or", "Not"}
+
+
+def _check_batch_first_without_comparisons(model: onnx.ModelProto, batch: int | None) -> None:
+    """grid_sample_ncnn: no comparison, and GridSample's image and grid hold the batch on their
+    first axis (ncnn has no batch, and would read a first axis of B*og as channels)."""
+    assert not {node.op_type for node in model.graph.node} & _COMPARISONS
+    if batch is None:
+        return
+    shapes = {
+        info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+        for info in onnx.shape_inference.infer_shapes(model).graph.value_info
+    }
+    samplers = [node for node in model.graph.node if node.op_type == "GridSample"]
+    assert len(samplers) == NODE_CASE.offset_group
+    assert all(shapes[node.input[i]][0] == batch for node in samplers for i in (0, 1))
 
 
 def _check_form(model: onnx.ModelProto) -> None:
