@@ -30,6 +30,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
+
 THREADS = 2
 
 
@@ -70,7 +72,6 @@ SHAPES = [
     Shape(1, 64, 64, 64, 64, 3, 1, 2, 2, 2, 4, True),
     Shape(1, 256, 256, 32, 32, 7, 1, 3, 1, 1, 1, True),
 ]
-DECOMPOSITIONS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
 DEFAULT = "grid_sample"
 
 

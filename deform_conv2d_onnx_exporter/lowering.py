@@ -9,7 +9,7 @@ mapped here, once, for every adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, cast
+from typing import Literal, Optional, cast, get_args
 
 from onnx import TensorProto
 
@@ -19,15 +19,9 @@ from .params import DeformConvExportError
 Lowering = Literal[
     "auto", "grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"
 ]
-LOWERINGS: tuple[Lowering, ...] = (
-    "auto",
-    "grid_sample",
-    "grid_sample_ncnn",
-    "gather_rows",
-    "gathernd",
-    "gatherelements",
-    "native",
-)
+LOWERINGS: tuple[Lowering, ...] = get_args(Lowering)
+#: The lowerings that write the call as standard operators: all but the choice and DeformConv itself.
+DECOMPOSITIONS: tuple[Lowering, ...] = tuple(name for name in LOWERINGS if name not in ("auto", "native"))
 
 #: The lowest opset any decomposition is valid in: every lowering's operators exist from opset 12
 #: (GatherND with batch_dims arrived there).

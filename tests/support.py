@@ -19,7 +19,7 @@ import torchvision
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter import versions
-from deform_conv2d_onnx_exporter.lowering import GRID_SAMPLE_MIN_OPSET, NATIVE_MIN_OPSET
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS, GRID_SAMPLE_MIN_OPSET, NATIVE_MIN_OPSET
 
 Pair = tuple[int, int]
 
@@ -33,7 +33,7 @@ TOLERANCE = {
 }
 
 #: Every lowering but "auto", which resolves to one of them.
-LOWERINGS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"]
+LOWERINGS = [*DECOMPOSITIONS, "native"]
 
 #: Both exporters; tests/conftest.py deselects the tests of one the installed torch lacks.
 EXPORTERS = ["legacy", "dynamo"]

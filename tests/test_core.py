@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from deform_conv2d_onnx_exporter.decomposition import emit_call
 from deform_conv2d_onnx_exporter.emitter import Attribute, Emitter
-from deform_conv2d_onnx_exporter.lowering import LoweringOptions
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS, LoweringOptions
 from deform_conv2d_onnx_exporter.params import DeformConvExportError
 from deform_conv2d_onnx_exporter.schema import DeformConv2dCall
 
@@ -89,9 +89,7 @@ def test_unknown_dtype_is_refused() -> None:
         _call(None)
 
 
-@pytest.mark.parametrize(
-    "lowering", ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
-)
+@pytest.mark.parametrize("lowering", DECOMPOSITIONS)
 def test_float_inputs_are_emitted(lowering: str) -> None:
     nodes = _call(TensorProto.FLOAT, lowering).nodes
     assert "MatMul" in nodes and "DeformConv" not in nodes

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from support import (
     EXPORTERS,
     FLOAT64_GRID_SAMPLE_OPSET,
+    LOWERINGS,
     TORCH,
     Case,
     DeformConvCall,
@@ -29,9 +30,7 @@ DTYPE_CASES = [Case(), Case(offset_groups=2, groups=2, mask=False, stride=(2, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
-@pytest.mark.parametrize(
-    "lowering", ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"]
-)
+@pytest.mark.parametrize("lowering", LOWERINGS)
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("case", DTYPE_CASES, ids=str)
 def test_dtype(case: Case, exporter: str, lowering: str, dtype: torch.dtype) -> None:
@@ -65,9 +64,7 @@ def test_float16_is_sampled_in_float32() -> None:
     np.testing.assert_allclose(got, exact.half().numpy(), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize(
-    "lowering", ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements", "native"]
-)
+@pytest.mark.parametrize("lowering", LOWERINGS)
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_dynamic_sizes(exporter: str, lowering: str) -> None:
     """Exported at 7×9, batch 1; run at other sizes and batches, including larger ones."""

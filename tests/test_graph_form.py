@@ -18,8 +18,8 @@ from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from support import Case, DeformConvCall, export, input_names, make_inputs
 
 from deform_conv2d_onnx_exporter import decompose_model
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
 
-DECOMPOSITIONS = ["auto", "grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
 #: Offset groups and groups both above 1, a static batch above 1: the cases that broke before.
 CASE = Case(in_channels=8, out_channels=4, groups=2, offset_groups=2, batch=2)
 NODE_CASE = NodeCase(in_channels=8, out_channels=4, group=2, offset_group=2, batch=2)
@@ -31,7 +31,7 @@ def _cases(opsets: tuple[int | None, ...]) -> list[tuple[str, bool, int | None]]
     """(lowering, dynamic sizes, opset) for every decomposition at every opset it can be written in."""
     return [
         (lowering, dynamic, opset)
-        for lowering in DECOMPOSITIONS
+        for lowering in ["auto", *DECOMPOSITIONS]
         for dynamic in (False, True)
         for opset in opsets
         if not (lowering.startswith("grid_sample") and opset is not None and opset < 16)

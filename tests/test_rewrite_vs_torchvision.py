@@ -20,6 +20,7 @@ from onnx_models import CASES, NodeCase, build, feeds, onnxruntime_max_opset, re
 from support import ORT_HAS_DEFORMCONV, Case, DeformConvCall, input_names, make_inputs
 
 from deform_conv2d_onnx_exporter import decompose_model
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
 
 #: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
 pytestmark = pytest.mark.onnx_only
@@ -81,14 +82,7 @@ def test_onnx_deformconv_is_torchvisions(case: NodeCase) -> None:
     [
         pytest.param(case, lowering, id=f"{case}-{lowering}")
         for case in CASES
-        for lowering in [
-            "auto",
-            "grid_sample",
-            "grid_sample_ncnn",
-            "gather_rows",
-            "gathernd",
-            "gatherelements",
-        ]
+        for lowering in ["auto", *DECOMPOSITIONS]
         # GridSample's coordinate round trip is float32-exact only (README, Precision).
         if not (case.dtype == np.float64 and lowering.startswith("grid_sample"))
     ],

@@ -28,6 +28,7 @@ from onnx_models import (
 )
 
 from deform_conv2d_onnx_exporter import decompose_model, versions
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
 
 #: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
 pytestmark = pytest.mark.onnx_only
@@ -64,7 +65,7 @@ def _runtimes() -> dict[str, RunModel]:
 
 
 RUNTIMES = _runtimes()
-LOWERINGS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
+LOWERINGS = DECOMPOSITIONS
 
 
 def _opset_for(lowering: str) -> int:

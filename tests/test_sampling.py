@@ -16,8 +16,9 @@ from torch import nn
 
 import deform_conv2d_onnx_exporter as dce
 from deform_conv2d_onnx_exporter.demo import DCNv2Block
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
 
-LOWERINGS = ["grid_sample", "grid_sample_ncnn", "gather_rows", "gathernd", "gatherelements"]
+LOWERINGS = DECOMPOSITIONS
 SAMPLERS = {"GridSample", "GatherND", "GatherElements"}
 
 
