@@ -60,9 +60,8 @@ class OnnxGraphEmitter(Emitter[str]):
         self._values: dict[str, np.ndarray] = {}  # the constants this emitter wrote
 
     def _node(self, op_type: str, inputs: Sequence[str], attributes: dict[str, Attribute], name: str) -> str:
-        values = [self._value(i) for i in inputs]
-        if all(value is not None for value in values):
-            return self._constant(_evaluate(op_type, values, attributes))  # type: ignore[arg-type]
+        if all(i in self._values or i in self._model_constants for i in inputs):
+            return self._constant(_evaluate(op_type, [self._value(i) for i in inputs], attributes))
         # the node and its only output share one fresh name: <DeformConv node>/<section>/<op_type>
         name = self._fresh_name(f"{self._prefix}/{name}")
         self.nodes.append(_make_node(op_type, inputs, name, attributes))
@@ -74,12 +73,11 @@ class OnnxGraphEmitter(Emitter[str]):
         self._values[name] = array
         return name
 
-    def _value(self, name: str) -> Optional[np.ndarray]:
-        """The value of a constant tensor, None for a tensor computed from the graph's inputs."""
+    def _value(self, name: str) -> np.ndarray:
+        """The value of a constant: one this emitter wrote, or one of the model's initializers."""
         if name in self._values:
             return self._values[name]
-        tensor = self._model_constants.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        return numpy_helper.to_array(self._model_constants[name])
 
     def static_shape(self, value: str) -> StaticShape:
         return self._facts.get(value, (None, None))[1]
