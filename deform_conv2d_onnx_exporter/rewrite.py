@@ -181,19 +181,20 @@ def _drop_unread_initializers(graph: onnx.GraphProto, candidates: set[str]) -> N
     constants; keeping it would store it twice. Constants the decomposition folded into others
     go too.
     """
-    used: set[str] = {value.name for value in graph.output}
-
-    def collect(g: onnx.GraphProto) -> None:
-        for node in g.node:
-            used.update(node.input)
-            for attribute in node.attribute:
-                for body in _subgraphs(attribute):
-                    collect(body)
-
-    collect(graph)
+    used = {value.name for value in graph.output}
+    used.update(name for g in _with_bodies(graph) for node in g.node for name in node.input)
     kept = [tensor for tensor in graph.initializer if tensor.name not in candidates or tensor.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _with_bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph``, then every If/Loop/Scan body in it, at any depth."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in _subgraphs(attribute):
+                yield from _with_bodies(body)
 
 
 def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
@@ -265,18 +266,12 @@ def _restore_what_the_converter_drops(original: onnx.GraphProto, converted: onnx
 def _name_factory(graph: onnx.GraphProto) -> Callable[[str], str]:
     """A function returning names used nowhere in ``graph`` (subgraphs included) nor before."""
     taken: set[str] = set()
-
-    def collect(g: onnx.GraphProto) -> None:
+    for g in _with_bodies(graph):
         taken.update(i.name for i in itertools.chain(g.input, g.output, g.value_info, g.initializer))
         for node in g.node:
             taken.add(node.name)
             taken.update(node.input)
             taken.update(node.output)
-            for attribute in node.attribute:
-                for body in _subgraphs(attribute):
-                    collect(body)
-
-    collect(graph)
     counters: dict[str, itertools.count[int]] = {}
 
     def fresh(base: str) -> str:
