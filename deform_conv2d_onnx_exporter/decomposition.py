@@ -224,11 +224,12 @@ def _grid_sample(portable: bool, graph: _Graph[V], params: DeformConvParams, ten
     outs = []
     for bounds in pieces:
         with graph.section("sampling"):
-            if portable:
-                columns = _sample_each_offset_group(graph, params, image, grid, mask)  # (B, C, K, L)
+            if bounds is None:
+                if portable:
+                    columns = _sample_each_offset_group(graph, params, image, grid, mask)  # (B, C, K, L)
+                else:
+                    columns = _sample(graph, image, grid, mask)  # (B*og, Cg, K, L)
                 positions = graph.positions
-            elif bounds is None:
-                columns, positions = _sample(graph, image, grid, mask), graph.positions
             else:
                 first, last = bounds
                 part = _slice(graph, grid, 2, first, last)  # (B*og, K, Lp, 2)
@@ -350,11 +351,9 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V, port
     """
     og, taps, positions = params.offset_groups, params.taps, graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B*og, K, 2, L), or (B, og*K, 2, L)
-    if portable:
-        offset = graph.reshape(offset, [graph.size("B"), og * taps, 2, positions])
-    else:
-        offset = graph.reshape(offset, [graph.product(graph.size("B"), og), taps, 2, positions])
-    repeats = og if portable else 1  # the base, (1, K, 1, L), repeated for every offset group
+    images, rows = (graph.size("B"), og * taps) if portable else (graph.product(graph.size("B"), og), taps)
+    offset = graph.reshape(offset, [images, rows, 2, positions])
+    repeats = rows // taps  # the base, (1, K, 1, L), repeated for every offset group in the rows
     coordinates = []
     for axis, size in ((1, graph.size("W")), (0, graph.size("H"))):  # x, then y: GridSample's order
         # a Slice, not a Gather of index [axis]: pnnx drops the gathered axis
@@ -377,14 +376,12 @@ def _normalised_grid(graph: _Graph[V], params: DeformConvParams, offset: V, port
     # GridSample turns a huge, infinite or NaN coordinate into an out-of-range integer and then
     # reads some pixel. |x_norm| >= 3 is far outside the image whatever its size, so such
     # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
+    # The portable form clamps them to +-3 instead, with no comparison; a NaN stays NaN.
     if portable:
-        return graph.op(
-            "Transpose",
-            graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT)),
-            perm=[0, 1, 3, 2],
-        )
-    within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
-    grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
+        grid = graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT))
+    else:
+        within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
+        grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
     return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2) | (B, og*K, L, 2)
 
 
