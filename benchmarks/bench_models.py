@@ -33,7 +33,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (  # noqa: E402 - bench.py sits beside this file, not in a package
-    DECOMPOSITIONS,
     DEFAULT,
     THREADS,
     Row,
@@ -186,6 +185,8 @@ def bench_case(case: Case, repeats: int, lowerings: list[str], folder: str) -> l
 
 
 def main() -> int:
+    from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
