@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
-from onnx import TensorProto
 
 from . import _torch_compat, torchscript_adapter, versions
 from .lowering import LoweringOptions
@@ -138,7 +137,7 @@ def _export_dynamo(request: _Request, custom_translation_table: Optional[Transla
     """``torch.onnx.export(dynamo=True)`` with our translation added to the user's table."""
     r = request
     # The translation function cannot see the target opset: check the lowering here.
-    r.options.resolve(r.kwargs.get("opset_version") or r.capabilities.dynamo_default_opset, TensorProto.FLOAT)
+    r.options.check_opset(r.kwargs.get("opset_version") or r.capabilities.dynamo_default_opset)
     table = _translation_table(custom_translation_table, r.options)
     return torch.onnx.export(r.model, r.args, r.f, dynamo=True, custom_translation_table=table, **r.kwargs)
 

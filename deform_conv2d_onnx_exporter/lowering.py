@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional, cast, get_args
 
-from onnx import TensorProto
-
 from .params import DeformConvExportError
 
 #: How the graph computes the call; see :class:`LoweringOptions`.
@@ -42,17 +40,19 @@ class LoweringOptions:
     """How the core computes the call.
 
     Attributes:
-        lowering: ``auto`` (default): the fastest exact decomposition the opset allows,
-            ``grid_sample`` from opset 16 for float32 computation, else ``gather_rows``.
-            ``grid_sample``: ONNX GridSample samples every channel, then one MatMul applies the
-            kernel. ``grid_sample_ncnn``: the same for runtimes with neither a batch axis nor
-            comparisons (ncnn, through pnnx): one GridSample per offset group, coordinates
-            clamped by Clip. A NaN offset is not caught: the outputs that read it are undefined
-            (NaN on ncnn, some pixel on ONNX Runtime), as in torchvision's CPU kernel, which
-            reads out of bounds there. ``gather_rows``: one Gather reads
-            whole channel vectors from a channels-last copy of the input, a MatMul combines the
-            four corners. ``gathernd`` and ``gatherelements``: the same with GatherND
-            (batch_dims=1) or GatherElements as the gather, the 1.x package's two choices.
+        lowering: ``auto`` (default): ``gather_rows``, at every opset and dtype.
+            ``gather_rows``: one Gather reads whole channel vectors from a channels-last copy of
+            the input, a MatMul combines the four corners; every absolute position is an
+            integer, so the graph stays as precise as half precision allows after an fp16
+            conversion or in OpenVINO's bf16/f16 (README, "Precision"). ``gathernd`` and
+            ``gatherelements``: the same with GatherND (batch_dims=1) or GatherElements as the
+            gather, the 1.x package's two choices. ``grid_sample``: ONNX GridSample samples
+            every channel, then one MatMul applies the kernel; its positions are floats, exact
+            in float32 but not in half precision at large sizes. ``grid_sample_ncnn``: the
+            same for runtimes with neither a batch axis nor comparisons (ncnn, through pnnx):
+            one GridSample per offset group, coordinates clamped by Clip. A NaN offset is not
+            caught: the outputs that read it are undefined (NaN on ncnn, some pixel on ONNX
+            Runtime), as in torchvision's CPU kernel, which reads out of bounds there.
             ``native``: ONNX's DeformConv operator (opset >= 19), no decomposition.
     """
 
@@ -62,21 +62,14 @@ class LoweringOptions:
         """The lowest opset this lowering can be written in."""
         return _MIN_OPSET.get(self.lowering, DECOMPOSITION_MIN_OPSET)
 
-    def resolve(self, opset: int, compute_type: int) -> Lowering:
-        """The concrete lowering at ``opset`` for a graph computing in ``compute_type``.
-
-        ``auto`` takes ``grid_sample`` for float32 computation from opset 16, else
-        ``gather_rows``: float64 asks for torchvision's own coordinate arithmetic, and ONNX
-        Runtime has no float64 GridSample before opset 20.
+    def resolve(self, opset: int) -> Lowering:
+        """The concrete lowering at ``opset``: ``auto`` is ``gather_rows``.
 
         Raises:
             DeformConvExportError: the lowering needs a higher opset.
         """
         self.check_opset(opset)
-        if self.lowering == "auto":
-            fast = opset >= GRID_SAMPLE_MIN_OPSET and compute_type == TensorProto.FLOAT
-            return "grid_sample" if fast else "gather_rows"
-        return self.lowering
+        return "gather_rows" if self.lowering == "auto" else self.lowering
 
     def check_opset(self, opset: int) -> None:
         """Raise DeformConvExportError, naming ``lowering`` or ``opset_version``, if ``opset`` is too low."""

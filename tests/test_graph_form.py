@@ -38,8 +38,7 @@ def _cases(opsets: tuple[int | None, ...]) -> list[tuple[str, bool, int | None]]
     ]
 
 
-#: The legacy exporter at an opset where auto means gather_rows and one where it means grid_sample;
-#: the dynamo exporter at its default opset.
+#: The legacy exporter below and from GridSample's opset; the dynamo exporter at its default opset.
 _EXPORTS = [("legacy", *case) for case in _cases((13, 17))] + [("dynamo", *case) for case in _cases((None,))]
 
 

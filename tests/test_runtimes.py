@@ -114,11 +114,11 @@ _OPSET_CASE = NodeCase(height=5, width=5, offset_group=2, pads=(1, 2, 0, 1))
         (runtime, opset)
         for runtime in RUNTIMES
         for opset in [12, 16, 18, 22]
-        if _runs(runtime, "grid_sample" if opset >= 16 else "gather_rows", opset, _OPSET_CASE)
+        if _runs(runtime, "gather_rows", opset, _OPSET_CASE)
     ],
 )
 def test_every_target_opset(runtime: str, opset: int) -> None:
-    """The default lowering at each opset (gather_rows below 16, grid_sample from 16)."""
+    """The default lowering (gather_rows) at each opset."""
     rewritten = decompose_model(build(_OPSET_CASE), opset).model
     assert rewritten.opset_import[0].version == opset
     got = RUNTIMES[runtime](rewritten, feeds(_OPSET_CASE))
