@@ -276,6 +276,17 @@ def fuzz(session: nox.Session) -> None:
     )
 
 
+@nox.session(python="3.11")
+def precision(session: nox.Session) -> None:
+    """Every entry point's default export and every lowering in the half-precision pipelines
+    (fp16 converters, OpenVINO f16 and its default precision) at 64x64 to 1024x1024, against the
+    float64 floor (tests/precision); extra arguments go to pytest."""
+    _install(session, DEV, "torch,test")
+    pins = [pin for pin in TOOLCHAIN["python"] if pin.startswith(("openvino==", "onnxconverter-common=="))]
+    session.install(*pins, *DEV.pins(), env={"PIP_NO_CACHE_DIR": "1"})
+    session.run("python", "-m", "pytest", "-q", "--precision", "tests/precision", *session.posargs)
+
+
 #: The deployment tools of the ``toolchain`` session, the one place their versions are written down.
 #: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own, because onnx2tf
 #: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web and the

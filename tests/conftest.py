@@ -44,12 +44,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="collect tests/toolchain: the deployment tools of nox's toolchain session",
     )
+    parser.addoption(
+        "--precision",
+        action="store_true",
+        help="collect tests/precision: the half-precision pipelines of nox's precision session",
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
-    # The deployment tools are installed by the toolchain session only.
-    if collection_path.name == "toolchain" and not config.getoption("--toolchain"):
-        return True
+    # The deployment tools and the half-precision runtimes are installed by their own sessions only.
+    for folder in ("toolchain", "precision"):
+        if collection_path.name == folder and not config.getoption(f"--{folder}"):
+            return True
     return None
 
 

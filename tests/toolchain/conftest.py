@@ -29,8 +29,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def tool_inputs(tool: Tool, variant: Variant) -> list[np.ndarray]:
-    """The inputs ``tool`` is checked on: the export size, and another one for a dynamic variant."""
-    sizes = variant.sizes()[:1] if tool.fixed_shapes else variant.sizes()
+    """The inputs ``tool`` is checked on: the export size, and others for a dynamic variant."""
+    sizes = variant.sizes()[:1] if tool.fixed_shapes else variant.sizes(large=tool.large_size)
     return [make_input(size) for size in sizes]
 
 

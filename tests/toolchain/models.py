@@ -26,6 +26,9 @@ CHANNELS = 3
 #: of its own pins that).
 EXPORT_SIZE = (32, 48)
 OTHER_SIZE = (24, 40)
+#: Where half precision shows (README, "Precision"): the tools that compute in half precision run
+#: dynamic variants at this (H, W) too.
+LARGE_SIZE = (1024, 1024)
 
 
 class SmallDCN(nn.Module):
@@ -71,11 +74,14 @@ class Variant:
     decompose: bool = False
     size: tuple[int, int] = EXPORT_SIZE
 
-    def sizes(self) -> list[tuple[int, int, int, int]]:
-        """The input shapes (B, C, H, W) to check: the export's, and another one when dynamic."""
+    def sizes(self, large: bool = False) -> list[tuple[int, int, int, int]]:
+        """The input shapes (B, C, H, W) to check: the export's, and another one when dynamic
+        (and LARGE_SIZE if ``large``)."""
         shapes = [(self.batch, CHANNELS, *self.size)]
         if self.dynamic:
             shapes.append((self.batch + 1, CHANNELS, *OTHER_SIZE))
+            if large:
+                shapes.append((1, CHANNELS, *LARGE_SIZE))
         return shapes
 
 
@@ -120,8 +126,8 @@ def export(variant: Variant, model: nn.Module, path: str) -> None:
         kwargs["dynamic_shapes"] = (
             {
                 0: torch.export.Dim("batch", max=64),
-                2: torch.export.Dim("height", min=8, max=512),
-                3: torch.export.Dim("width", min=8, max=512),
+                2: torch.export.Dim("height", min=8, max=2048),
+                3: torch.export.Dim("width", min=8, max=2048),
             },
         )
     if variant.exporter == "dynamo":

@@ -38,6 +38,8 @@ class Tool:
     reported, not judged). ``fixed_shapes``: the tool fixes the input shape to the export size, so
     dynamic variants are checked at that size only. ``package``: whose version the table names.
     ``variants``: the variants it is tested on, when not all (a tool that takes a minute a model).
+    ``large_size``: the tool computes in half precision (or may): dynamic variants are also
+    checked at ``models.LARGE_SIZE``, where half precision's errors show.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Tool:
     fixed_shapes: bool = False
     package: str = "onnxruntime"
     variants: Optional[tuple[str, ...]] = None
+    large_size: bool = False
 
     def takes(self, variant: Variant) -> bool:
         return self.variants is None or variant.name in self.variants
@@ -441,8 +444,9 @@ TOOLS: list[Tool] = [
         _on_onnxruntime(_onnxconverter_fp16),
         kind="float16",
         package="onnxconverter-common",
+        large_size=True,
     ),
-    Tool("fp16-ort-transformers", _on_onnxruntime(_ort_fp16), kind="float16"),
+    Tool("fp16-ort-transformers", _on_onnxruntime(_ort_fp16), kind="float16", large_size=True),
     Tool("ort-symbolic-shape-inference", _on_onnxruntime(_symbolic_shape_inference)),
     Tool("ort-quant-pre-process", _on_onnxruntime(_quant_pre_process)),
     Tool("ort-quantize-dynamic", _on_onnxruntime(_quantize_dynamic), kind="report"),
@@ -456,8 +460,8 @@ TOOLS: list[Tool] = [
     Tool("ort-extended-saved", _saved_at(LEVELS.ORT_ENABLE_EXTENDED)),
     Tool("ort-layout-saved", _saved_at(LEVELS.ORT_ENABLE_LAYOUT)),
     Tool("ort-all-saved", _saved_at(LEVELS.ORT_ENABLE_ALL)),
-    Tool("openvino-f32", _openvino("f32"), package="openvino"),
-    Tool("openvino-default-precision", _openvino(None), kind="report", package="openvino"),
+    Tool("openvino-f32", _openvino("f32"), package="openvino", large_size=True),
+    Tool("openvino-default-precision", _openvino(None), kind="report", package="openvino", large_size=True),
     Tool("tract", _tract, package="tract"),
     Tool("pnnx-ncnn", _ncnn, fixed_shapes=True, package="pnnx"),
     # onnx2tf takes 20-50 s a model: the default export, and each static one (dynamic variants
