@@ -38,9 +38,14 @@ def native_export(size: str) -> onnx.ModelProto:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lowerings", nargs="*", default=["auto", "gather_rows", "gathernd", "gatherelements",
-                                                           "grid_sample", "grid_sample_ncnn"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--lowerings",
+        nargs="*",
+        default=["auto", "gather_rows", "gathernd", "gatherelements", "grid_sample", "grid_sample_ncnn"],
+    )
     parser.add_argument("--sizes", nargs="*", default=list(half_precision.SIZES))
     parser.add_argument("--pipelines", nargs="*", type=int, help="indices into PIPELINES (default: all)")
     parser.add_argument(
@@ -49,7 +54,9 @@ def main() -> int:
         help="pass sampling_nodes to the converters' node_block_list and OpenVINO's precise_0",
     )
     args = parser.parse_args()
-    pipelines = [half_precision.PIPELINES[i] for i in args.pipelines] if args.pipelines else half_precision.PIPELINES
+    pipelines = (
+        [half_precision.PIPELINES[i] for i in args.pipelines] if args.pipelines else half_precision.PIPELINES
+    )
     print(f"package {dce.__file__}")
     print("cells: error / floor at " + " / ".join(args.sizes))
     natives = {size: native_export(size) for size in args.sizes}

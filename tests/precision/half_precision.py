@@ -28,7 +28,13 @@ CHANNELS = 8
 #: Offsets come out of the predictor as N(0, 1) logits times this: a few pixels.
 OFFSET_SCALE = 4.0
 #: (height, width) of the input images the pipelines are judged at.
-SIZES = {"64": (64, 64), "256": (256, 256), "1024": (1024, 1024), "32x2048": (32, 2048), "2048x32": (2048, 32)}
+SIZES = {
+    "64": (64, 64),
+    "256": (256, 256),
+    "1024": (1024, 1024),
+    "32x2048": (32, 2048),
+    "2048x32": (2048, 32),
+}
 #: A pipeline may cost at most this many times the floor.
 BOUND = 2.0
 
@@ -92,7 +98,7 @@ class Reference:
         return float(np.abs(got.astype(np.float64) - self.exact).max() / np.abs(self.exact).max())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(size: str, seed: int = 0) -> Reference:
     """The exact output and the floors for ``make_input(size, seed)`` through ``build_model(seed)``."""
     model = build_model(seed).double()

@@ -41,7 +41,7 @@ def _torch_export(model: torch.nn.Module, x: torch.Tensor, **kwargs: object) -> 
     return onnx.load_from_string(buffer.getvalue())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _native(size: str, symbolic: bool) -> onnx.ModelProto:
     """The model with ONNX DeformConv, as decompose_model's users have it."""
     model, x = build_model(), torch.from_numpy(make_input(size))
@@ -51,7 +51,7 @@ def _native(size: str, symbolic: bool) -> onnx.ModelProto:
     return _torch_export(model, x, dynamo=True, opset_version=19, dynamic_shapes=({2: height, 3: width},))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_export(entry: str, size: str) -> onnx.ModelProto:
     """The precision model written by ``entry`` with every argument at its default, static sizes
     (symbolic ones for the last entry point)."""
@@ -67,7 +67,9 @@ def default_export(entry: str, size: str) -> onnx.ModelProto:
         finally:
             dce.unregister_deform_conv2d_onnx_op()
     if entry == "create_deform_conv2d_custom_op":
-        return _torch_export(model, x, dynamo=True, custom_translation_table=dce.create_deform_conv2d_custom_op())
+        return _torch_export(
+            model, x, dynamo=True, custom_translation_table=dce.create_deform_conv2d_custom_op()
+        )
     return dce.decompose_model(_native(size, symbolic=entry.endswith("symbolic sizes"))).model
 
 
