@@ -270,7 +270,8 @@ def _gather(reader: CornerReader[V], graph: Graph[V], params: DeformConvParams, 
             weight = graph.reshape(weight, [graph.samples(params, positions), 1, 4])
             samples = graph.op("MatMul", weight, corners)  # (B*Lp*K*og, 1, Cg)
         with graph.section("convolution"):
-            return kernel_times_channels_last(graph, params, samples, kernel, positions)  # (B, Lp, Cout)
+            out = kernel_times_channels_last(graph, params, samples, kernel, positions)  # (B*Lp, Cout)
+            return graph.reshape(out, [graph.size("B"), positions, params.out_channels])
 
     corners_bytes = 4 * params.in_channels * params.taps * np.dtype(graph.dtype).itemsize
     out = _by_slices(

@@ -82,6 +82,10 @@ class Emitter(abc.ABC, Generic[V]):
     def _constant(self, array: np.ndarray) -> V:
         """Write a constant holding ``array`` (C-ordered; a 0-d array is a scalar)."""
 
+    def record_shape(self, value: V, dims: Sequence[Optional[int]]) -> None:
+        """Note what the core knows of ``value``'s shape (None: a symbolic dimension), for
+        adapters whose graphs hold shapes; the default keeps none."""
+
     @abc.abstractmethod
     def static_shape(self, value: V) -> Optional[Sequence[Optional[int]]]:
         """The value's shape as known at export time.

@@ -158,7 +158,9 @@ class Graph(Generic[V]):
 
     def reshape(self, value: V, dims: Sequence[Dim[V]]) -> V:
         """Reshape to ``dims``, whose entries are ints or (1,) values."""
-        return self.op("Reshape", value, self.shape(dims))
+        out = self.op("Reshape", value, self.shape(dims))
+        self.e.record_shape(out, [d if isinstance(d, int) else None for d in dims])
+        return out
 
     def slice(self, value: V, axis: int, first: int, last: int) -> V:
         """value[..., first:last, ...] along ``axis``."""

@@ -59,27 +59,30 @@ def kernel_times_channels_last(
 ) -> V:
     """The grouped product of the kernel with channels-last columns.
 
+    Every Reshape here changes the rank: onnxslim removes a Reshape between two tensors whose
+    shapes it knows only by rank (the dynamo exporter's records) as if it did nothing.
+
     Args:
         samples: (B*Lp*K*og, 1, Cg), memory order (B, Lp, K, C) = (B, Lp, K, G, C/G).
         kernel: :func:`channels_last_kernel`.
         positions: Lp, the output positions in ``samples``.
 
     Returns:
-        (B, Lp, Cout), without bias.
+        (B*Lp, Cout), without bias.
     """
-    groups, cout, taps, batch = params.groups, params.out_channels, params.taps, graph.size("B")
+    groups, cout, taps = params.groups, params.out_channels, params.taps
     per_group = params.channels_per_group
-    reduced = taps * per_group
+    pixels = graph.product(graph.size("B"), positions)
     if groups == 1:
-        columns = graph.reshape(samples, [batch, positions, reduced])  # (B, Lp, K*C)
-        return graph.op("MatMul", columns, kernel)  # (B, Lp, Cout)
+        columns = graph.reshape(samples, [pixels, taps * per_group])  # (B*Lp, K*C)
+        return graph.op("MatMul", columns, kernel)  # (B*Lp, Cout)
     # (B*Lp, K, G, C/G) -> (G, B*Lp, K, C/G) -> (G, B*Lp, K*C/G)
-    pixels = graph.product(batch, positions)
     columns = graph.reshape(samples, [pixels, taps, groups, per_group])
-    columns = graph.reshape(graph.op("Transpose", columns, perm=[2, 0, 1, 3]), [groups, pixels, reduced])
+    columns = graph.op("Transpose", columns, perm=[2, 0, 1, 3])
+    columns = graph.reshape(columns, [groups, pixels, taps * per_group])
     out = graph.op("MatMul", columns, kernel)  # (G, B*Lp, Cout/G)
     out = graph.op("Transpose", out, perm=[1, 0, 2])  # (B*Lp, G, Cout/G)
-    return graph.reshape(out, [batch, positions, cout])
+    return graph.reshape(out, [pixels, cout])
 
 
 def plus_bias(graph: Graph[V], params: DeformConvParams, out: V, bias: Optional[V]) -> V:

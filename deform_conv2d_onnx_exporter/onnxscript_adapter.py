@@ -54,6 +54,11 @@ class OnnxScriptEmitter(Emitter[Any]):
     def _constant(self, array: np.ndarray) -> Any:
         return self._ops.Constant(value=self._ir.tensor(array))
 
+    def record_shape(self, value: Any, dims: Sequence[Optional[int]]) -> None:
+        # Without it the exporter records a reshape's result by its rank alone, and onnxslim
+        # removes a Reshape whose input and output shapes it then reads as equal.
+        value.shape = self._ir.Shape(list(dims))
+
     def static_shape(self, value: Any) -> Optional[Sequence[Optional[int]]]:
         if value.shape is None:
             return None
