@@ -29,7 +29,7 @@ kw), as torchvision's; samples outside the image read zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import onnx
 from onnx import helper
@@ -39,6 +39,7 @@ from .params import DeformConvExportError
 
 #: What a node input holds.
 Role = Literal["input", "weight", "offset", "mask", "bias"]
+ROLES: tuple[Role, ...] = get_args(Role)
 #: How a form writes its padding: ``onnx`` (h_begin, w_begin, h_end, w_end); ``pair`` (h, w) or
 #: one int for both; ``mmdeploy`` a pair or (pad_h, pad_h, pad_w, pad_w); ``openvino`` 4 equal values.
 PaddingLayout = Literal["onnx", "pair", "mmdeploy", "openvino"]
@@ -129,7 +130,8 @@ class DeformConvNode:
     Attributes:
         node: the node itself.
         form: the form it is written in.
-        tensors: the input names by role; None for an optional input not given.
+        tensors: the input names by role (every role); None for an input not given or that the
+            form does not have.
         kernel_shape: (kh, kw) where the node states it.
     """
 
@@ -224,7 +226,7 @@ def _tensors(where: str, node: onnx.NodeProto, form: Form) -> dict[Role, Optiona
     if len(node.output) != 1 or not node.output[0]:
         raise DeformConvExportError(f"{where}: expected one named output, got {list(node.output)}")
     given = dict(zip(form.inputs, names))
-    return {role: given.get(role) or None for role in form.inputs}
+    return {role: given.get(role) or None for role in ROLES}
 
 
 def _ints(where: str, attribute: onnx.AttributeProto) -> list[int]:

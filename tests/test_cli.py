@@ -259,9 +259,7 @@ def test_progress_for_many_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     onnx.save(model, path)
     assert main(["decompose", path, out_path]) == 0
     lines = capsys.readouterr().err.splitlines()
-    assert lines == [
-        f"[{i + 1}/{PROGRESS_FROM}] rewrote {n.name!r}" for i, n in enumerate(model.graph.node)
-    ]
+    assert lines == [f"[{i + 1}/{PROGRESS_FROM}] rewrote {n.name!r}" for i, n in enumerate(model.graph.node)]
 
 
 def test_module_entry_point_needs_no_torch(model_path: str, tmp_path: Path) -> None:
