@@ -126,11 +126,6 @@ def params_of(found: DeformConvNode, facts: dict[str, TensorFacts]) -> DeformCon
             f"{where}: the weight {tensors['weight']!r} needs a static shape (an initializer, or a "
             f"shape ONNX shape inference can compute), got {show_shape(weight_shape)}"
         )
-    if found.kernel_shape is not None and list(found.kernel_shape) != list(weight_shape[2:]):
-        raise DeformConvExportError(
-            f"{where}: kernel_shape={list(found.kernel_shape)} contradicts the weight's shape "
-            f"{show_shape(weight_shape)}"
-        )
     try:
         params = DeformConvParams.from_call(
             input_shape=input_shape,
@@ -146,6 +141,11 @@ def params_of(found: DeformConvNode, facts: dict[str, TensorFacts]) -> DeformCon
         )
     except DeformConvExportError as error:
         raise DeformConvExportError(f"{where}: {error}") from error
+    if found.kernel_shape is not None and found.kernel_shape != params.kernel:
+        raise DeformConvExportError(
+            f"{where}: kernel_shape={list(found.kernel_shape)} contradicts the weight's shape "
+            f"{show_shape(weight_shape)}"
+        )
     _check_bias(where, tensors["bias"], shapes["bias"], params.out_channels)
     _check_output_size(where, shapes, params, found.pads)
     return params
