@@ -317,7 +317,8 @@ def _info(args: argparse.Namespace) -> int:
     found = list(find_deform_convs(model.graph))
     if not found:
         raise CommandError(
-            f"{args.model} has no deformable convolution node (DeformConv, or mmcv's, mmdeploy's or OpenVINO's)"
+            f"{args.model} has no deformable convolution node "
+            f"(DeformConv, or mmcv's, mmdeploy's or OpenVINO's)"
         )
     facts = tensor_facts(model)
     print(f"{args.model}: opset {model_opset(model)}, {len(found)} deformable convolution node(s)")
