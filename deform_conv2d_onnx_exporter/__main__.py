@@ -127,29 +127,34 @@ def _add_lowering_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str) -> onnx.ModelProto:
-    """The model at ``path``, with its external data, or a CommandError saying why not."""
+def _load(path: str, external_data: bool = True) -> onnx.ModelProto:
+    """The model at ``path``, with its external data unless not ``external_data`` (its files must
+    exist either way), or a CommandError saying why not."""
     if os.path.isdir(path):
         raise CommandError(f"cannot read {path}: is a directory")
     if not os.path.isfile(path):
         raise CommandError(f"cannot read {path}: no such file")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=external_data)
     except Exception as error:  # protobuf's DecodeError, missing external data, ...
         raise CommandError(f"cannot read {path} as an ONNX model: {error}") from error
+    missing = [data for data in _files_read(path, model)[1:] if not os.path.isfile(data)]
+    if missing:
+        raise CommandError(f"cannot read {path} as an ONNX model: its external data {missing[0]} is missing")
     if not model.HasField("graph") or not model.opset_import:
         raise CommandError(f"cannot read {path} as an ONNX model: it has no graph or no opset")
     return model
 
 
 def _decompose(args: argparse.Namespace) -> int:
-    from .rewrite import decompose_model
+    from .rewrite import data_bytes, decompose_model
 
-    model = _load(args.input)
+    # the weights stay in their files until the rewrite reads them, one node at a time
+    model = _load(args.input, external_data=False)
     data_file = os.path.basename(args.output) + ".data"
-    read = _files_read(args.input)
+    read = _files_read(args.input, model)
     _refuse_to_overwrite_the_input(read, [args.output, os.path.join(os.path.dirname(args.output), data_file)])
-    count = sum(1 for _ in _main_graph_nodes(model))
+    count = len(_main_graph_nodes(model))
     before = len(model.graph.node)
 
     def progress(done: int, total: int, name: str) -> None:
@@ -157,7 +162,10 @@ def _decompose(args: argparse.Namespace) -> int:
             print(f"[{done}/{total}] rewrote {name!r}", file=sys.stderr, flush=True)
 
     # in place: the loaded model is ours, and a large one is then held once, not twice
-    result = decompose_model(model, args.opset, args.lowering, progress=progress, in_place=True)
+    base_dir = os.path.dirname(os.path.abspath(args.input))
+    result = decompose_model(
+        model, args.opset, args.lowering, progress=progress, in_place=True, base_dir=base_dir
+    )
     for found in result.left_in_subgraphs:
         print(
             f"{PROG}: warning: {found.describe()} left as it is (subgraphs are not rewritten)",
@@ -165,7 +173,7 @@ def _decompose(args: argparse.Namespace) -> int:
         )
     # Weights stay in a side file when they came in one; protobuf cannot serialise 2 GB or more
     # in one message, so a large model's go to one too.
-    external = len(read) > 1 or result.model.ByteSize() > 1_800_000_000
+    external = len(read) > 1 or data_bytes(result.model) > 1_800_000_000
     try:
         onnx.save(result.model, args.output, save_as_external_data=external, location=data_file)
     except OSError as error:
@@ -179,13 +187,12 @@ def _decompose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _files_read(input_path: str) -> list[str]:
-    """The model file and the files of its external data."""
-    header = onnx.load(input_path, load_external_data=False)
+def _files_read(input_path: str, model: onnx.ModelProto) -> list[str]:
+    """The model file and the files of the external data ``model`` (read from it) refers to."""
     folder = os.path.dirname(input_path)
     locations = {
         entry.value
-        for tensor in header.graph.initializer
+        for tensor in model.graph.initializer
         if tensor.data_location == onnx.TensorProto.EXTERNAL
         for entry in tensor.external_data
         if entry.key == "location"

@@ -28,7 +28,9 @@ class OnnxGraphEmitter(Emitter[str]):
 
     A node whose inputs are all constants (the model's initializers, such as the weight, or the
     core's own constants) is computed here and written as a constant, as the torch exporters
-    fold it: some converters (onnx2tf) fail on a Reshape of an initializer.
+    fold it: some converters (onnx2tf) fail on a Reshape of an initializer. Constants stay NumPy
+    arrays until :meth:`initializers` writes the ones the new nodes read: a weight folded through
+    a Reshape and a Transpose then exists once in the model, not once per step.
 
     Args:
         opset: the default-domain opset of the model the nodes go into.
@@ -36,6 +38,7 @@ class OnnxGraphEmitter(Emitter[str]):
         fresh_name: returns an unused tensor or node name built from its argument.
         prefix: the start of every new node's name (the replaced node's name).
         initializers: the model's initializers that are not also graph inputs, by name.
+        base_dir: the folder of the files of those that keep their data outside the model.
     """
 
     path = "rewrite"
@@ -47,10 +50,11 @@ class OnnxGraphEmitter(Emitter[str]):
         fresh_name: Callable[[str], str],
         prefix: str,
         initializers: Mapping[str, onnx.TensorProto],
+        base_dir: str = "",
     ) -> None:
         super().__init__(opset)
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self._base_dir = base_dir
         self._facts = facts
         self._fresh_name = fresh_name
         self._prefix = prefix
@@ -67,15 +71,19 @@ class OnnxGraphEmitter(Emitter[str]):
 
     def _constant(self, array: np.ndarray) -> str:
         name = self._fresh_name(f"{self._prefix}/const")
-        self.initializers.append(numpy_helper.from_array(array, name))
         self._values[name] = array
         return name
+
+    def initializers(self) -> list[onnx.TensorProto]:
+        """The constants the new nodes read, as initializers (not those only folded into others)."""
+        read = {name for node in self.nodes for name in node.input}
+        return [numpy_helper.from_array(array, name) for name, array in self._values.items() if name in read]
 
     def _value(self, name: str) -> np.ndarray:
         """The value of a constant: one this emitter wrote, or one of the model's initializers."""
         if name in self._values:
             return self._values[name]
-        return numpy_helper.to_array(self._model_constants[name])
+        return numpy_helper.to_array(self._model_constants[name], self._base_dir)
 
     def static_shape(self, value: str) -> StaticShape:
         return self._facts.get(value, (None, None))[1]

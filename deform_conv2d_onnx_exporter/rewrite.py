@@ -106,6 +106,7 @@ def decompose_model(
     progress: Optional[Callable[[int, int, str], None]] = None,
     *,
     in_place: bool = False,
+    base_dir: Optional[str] = None,
 ) -> Decomposed:
     """Replace every deformable convolution node of the main graph by standard operators.
 
@@ -122,6 +123,10 @@ def decompose_model(
         progress: called as ``progress(done, total, node_name)`` after each rewritten node.
         in_place: rewrite ``model`` itself, and return it, rather than a copy: a large model is
             then held in memory once, not twice.
+        base_dir: for a model loaded with ``onnx.load(path, load_external_data=False)``, the
+            folder of its external data files (``os.path.dirname(path)``). Each weight is then
+            read when its node is rewritten, and the result holds all its data in memory, ready
+            to be saved anywhere; the original weights of the replaced nodes are never loaded.
 
     Returns:
         The rewritten model, the nodes replaced, and the nodes left inside subgraphs.
@@ -151,8 +156,10 @@ def decompose_model(
         result.CopyFrom(model)
     if target != source:
         _convert_other_nodes(result, source, target)
-    rewritten = _replace_deform_convs(result, nodes, facts, options, target, progress)
+    rewritten = _replace_deform_convs(result, nodes, facts, options, target, progress, base_dir or "")
     _drop_unused_custom_domains(result)
+    if base_dir is not None:
+        _load_external_data(result, base_dir)
     try:
         onnx.checker.check_model(_weightless(result))
     except onnx.checker.ValidationError as error:
@@ -193,16 +200,18 @@ def _replace_deform_convs(
     options: LoweringOptions,
     opset: int,
     progress: Optional[Callable[[int, int, str], None]],
+    base_dir: str,
 ) -> list[str]:
     """Replace the main-graph nodes ``found`` (read from ``model`` or from the model it was copied
-    or converted from) in ``model``, in place; return their names."""
+    or converted from) in ``model``, in place; return their names. ``base_dir``: where the files
+    of initializers with external data are."""
     fresh_name = _name_factory(model.graph)
     overridable = {value.name for value in model.graph.input}  # an initializer that is also an input
     constants = {t.name: t for t in model.graph.initializer if t.name not in overridable}
     by_output = {f.node.output[0]: f for f in found}  # the converter rebuilds nodes; outputs stay
     nodes: list[onnx.NodeProto] = []
     rewritten: list[str] = []
-    read: set[str] = set()  # the initializers the replaced nodes read, and the new ones
+    read: set[str] = set()  # the model's initializers the replaced nodes read
     for node in model.graph.node:
         item = by_output.get(node.output[0]) if len(node.output) == 1 else None
         if item is None or (node.domain != _PENDING_DOMAIN and form_of(node) is None):
@@ -210,11 +219,10 @@ def _replace_deform_convs(
             continue
         read.update(name for name in node.input if name in constants)
         prefix = node.name or fresh_name(item.form.op_type)
-        emitter = OnnxGraphEmitter(opset, facts, fresh_name, prefix, constants)
+        emitter = OnnxGraphEmitter(opset, facts, fresh_name, prefix, constants, base_dir)
         replace_node(item, params_of(item, facts), options, emitter)
         nodes.extend(emitter.nodes)
-        model.graph.initializer.extend(emitter.initializers)
-        read.update(tensor.name for tensor in emitter.initializers)  # some were folded further
+        model.graph.initializer.extend(emitter.initializers())
         rewritten.append(prefix)
         if progress is not None:
             progress(len(rewritten), len(found), prefix)
@@ -222,6 +230,14 @@ def _replace_deform_convs(
     model.graph.node.extend(nodes)
     _drop_unread_initializers(model.graph, read)
     return rewritten
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: str) -> None:
+    """Load the data of the initializers that still keep it in files under ``base_dir``."""
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, base_dir)
+    except (OSError, onnx.checker.ValidationError) as error:
+        raise DeformConvExportError(f"cannot read the model's external data: {error}") from error
 
 
 def _drop_unused_custom_domains(model: onnx.ModelProto) -> None:
@@ -236,15 +252,16 @@ def _drop_unused_custom_domains(model: onnx.ModelProto) -> None:
 def _drop_unread_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
     """Remove the ``candidates`` no node (subgraphs included) or graph output reads any more.
 
-    A weight that only a replaced DeformConv read is now folded into the decomposition's own
-    constants; keeping it would store it twice. Constants the decomposition folded into others
-    go too.
+    A weight that only a replaced node read is now folded into the decomposition's own
+    constants; keeping it would store it twice.
     """
     used = {value.name for value in graph.output}
     used.update(name for g in _with_bodies(graph) for node in g.node for name in node.input)
-    kept = [tensor for tensor in graph.initializer if tensor.name not in candidates or tensor.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    # deleted one by one: protobuf's upb backend would copy every kept tensor on a re-extend
+    for index in reversed(range(len(graph.initializer))):
+        name = graph.initializer[index].name
+        if name in candidates and name not in used:
+            del graph.initializer[index]
 
 
 def _with_bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -322,20 +339,34 @@ def _inferred_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose main-graph initializers larger than :data:`_LARGE` bytes are
-    graph inputs of the same type and shape instead: what shape inference, the version converter
-    and the checker need, without the weights' bytes."""
+    """A copy of ``model`` whose main-graph initializers larger than :data:`_LARGE` bytes, or with
+    their data in external files, are graph inputs of the same type and shape instead: what shape
+    inference, the version converter and the checker need, without the weights' bytes."""
     skeleton = onnx.ModelProto()
     _copy_fields(model, skeleton, skip="graph")
     _copy_fields(model.graph, skeleton.graph, skip="initializer")
     inputs = {value.name for value in model.graph.input}
     for tensor in model.graph.initializer:
-        if tensor.ByteSize() <= _LARGE:
+        if _data_bytes(tensor) <= _LARGE and tensor.data_location != onnx.TensorProto.EXTERNAL:
             skeleton.graph.initializer.append(tensor)
         elif tensor.name not in inputs:
             info = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
             skeleton.graph.input.append(info)
     return skeleton
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int:
+    """About how many bytes ``tensor``'s data takes, from its shape (upb computes a message's
+    ByteSize by encoding it)."""
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def data_bytes(model: onnx.ModelProto) -> int:
+    """About how many bytes the data of ``model``'s main-graph initializers take."""
+    return sum(_data_bytes(tensor) for tensor in model.graph.initializer)
 
 
 def _copy_fields(source: Any, target: Any, skip: str) -> None:

@@ -167,3 +167,28 @@ def test_info_and_verify_read_a_custom_form(tmp_path: Path, capsys: pytest.Captu
     assert main(["verify", path, "--lowering", "gather_rows"]) == 0
     out = capsys.readouterr().out
     assert "with its nodes written as ONNX DeformConv" in out and "OK: worst error" in out
+
+
+def test_weights_in_external_data_are_read_one_node_at_a_time(tmp_path: Path) -> None:
+    """decompose reads a model's external data only as it rewrites each node, and writes the
+    result's weights to a side file again."""
+    form = "mmcv::MMCVModulatedDeformConv2d"
+    case = _case(form)
+    source, output = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(in_form(build(case), form, 11), source, save_as_external_data=True, size_threshold=0)
+    assert main(["decompose", str(source), str(output)]) == 0
+    assert (tmp_path / "out.onnx.data").stat().st_size > 0
+    header = onnx.load(output, load_external_data=False)
+    assert any(t.data_location == TensorProto.EXTERNAL for t in header.graph.initializer)
+    inputs = feeds(case)
+    np.testing.assert_allclose(_ort(onnx.load(output), inputs), _ort(build(case), inputs), atol=1e-4)
+
+
+def test_missing_external_data_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.onnx"
+    onnx.save(build(NodeCase()), source, save_as_external_data=True, size_threshold=0, location="w.bin")
+    (tmp_path / "w.bin").unlink()
+    assert main(["decompose", str(source), str(tmp_path / "out.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "w.bin is missing" in err, err
+    assert not (tmp_path / "out.onnx").exists()
