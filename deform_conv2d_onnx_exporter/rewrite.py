@@ -150,21 +150,30 @@ def decompose_model(
     nodes = read_main_graph(model, found)
 
     facts = tensor_facts(model)
-    result = model
-    if not in_place:
-        result = onnx.ModelProto()
-        result.CopyFrom(model)
+    result = model if in_place else _copy(model)
     if target != source:
         _convert_other_nodes(result, source, target)
     rewritten = _replace_deform_convs(result, nodes, facts, options, target, progress, base_dir or "")
-    _drop_unused_custom_domains(result)
+    _finish(result, base_dir)
+    return Decomposed(result, rewritten, nested)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _finish(model: onnx.ModelProto, base_dir: Optional[str]) -> None:
+    """Drop the custom domains no node uses, load the external data left (``base_dir``: where its
+    files are, None when it is loaded), and check the rewritten model."""
+    _drop_unused_custom_domains(model)
     if base_dir is not None:
-        _load_external_data(result, base_dir)
+        _load_external_data(model, base_dir)
     try:
-        onnx.checker.check_model(_weightless(result))
+        onnx.checker.check_model(_weightless(model))
     except onnx.checker.ValidationError as error:
         raise DeformConvExportError(f"the rewritten model is not valid ONNX: {error}") from error
-    return Decomposed(result, rewritten, nested)
 
 
 def _check_request(main: int, nested: list[FoundNode], target: int, options: LoweringOptions) -> None:
