@@ -18,9 +18,10 @@ runs it (README, "Already have an ONNX file"):
 - ``org.openvinotoolkit::DeformableConv2D`` (mmdeploy's OpenVINO rewriter, read by OpenVINO's
   ONNX frontend): inputs (input, offset, weight[, mask]); ``strides``, ``pads``, ``dilations``,
   ``group`` (OpenVINO reads it) or ``groups`` (mmdeploy writes it), ``deformable_groups``,
-  ``kernel_shape``. mmdeploy writes ``pads`` as (pad_h, pad_h, pad_w, pad_w), OpenVINO reads them
-  as ONNX pads (h_begin, w_begin, h_end, w_end): the two agree only when all four are equal, so
-  only those are taken.
+  ``kernel_shape``. mmdeploy writes ``pads`` as (pad_h, pad_h, pad_w, pad_w); OpenVINO reads them
+  as ONNX pads (h_begin, w_begin, h_end, w_end), so it pads mmdeploy's files wrongly where
+  pad_h != pad_w. Pads of the form (a, a, b, b) are read as mmdeploy writes them; any other 4
+  values, which mmdeploy never writes, as ONNX pads.
 
 Every form's offsets are laid out (offset_group, kh, kw, [dy, dx]) and its masks (offset_group, kh,
 kw), as torchvision's; samples outside the image read zero.
@@ -41,7 +42,8 @@ from .params import DeformConvExportError
 Role = Literal["input", "weight", "offset", "mask", "bias"]
 ROLES: tuple[Role, ...] = get_args(Role)
 #: How a form writes its padding: ``onnx`` (h_begin, w_begin, h_end, w_end); ``pair`` (h, w) or
-#: one int for both; ``mmdeploy`` a pair or (pad_h, pad_h, pad_w, pad_w); ``openvino`` 4 equal values.
+#: one int for both; ``mmdeploy`` a pair or (pad_h, pad_h, pad_w, pad_w); ``openvino`` (pad_h,
+#: pad_h, pad_w, pad_w) as mmdeploy writes it, else ONNX's 4 values.
 PaddingLayout = Literal["onnx", "pair", "mmdeploy", "openvino"]
 Quad = tuple[int, int, int, int]
 
@@ -278,8 +280,13 @@ def _pads(where: str, attribute: Optional[onnx.AttributeProto], layout: PaddingL
         return values[0], values[0], values[0], values[0]
     if layout == "mmdeploy" and len(values) == 4 and values[0] == values[1] and values[2] == values[3]:
         return values[0], values[2], values[0], values[2]
-    if layout == "openvino" and len(values) == 4 and len(set(values)) == 1:
-        return values[0], values[0], values[0], values[0]
+    if layout == "openvino" and len(values) == 4:
+        mmdeploys = values[0] == values[1] and values[2] == values[3]
+        return (
+            (values[0], values[2], values[0], values[2])
+            if mmdeploys
+            else (values[0], values[1], values[2], values[3])
+        )
     raise DeformConvExportError(f"{where}: {attribute.name}: expected {_EXPECTED_PADS[layout]}, got {values}")
 
 
@@ -287,8 +294,7 @@ _EXPECTED_PADS = {
     "onnx": "4 values (h_begin, w_begin, h_end, w_end)",
     "pair": "2 values (h, w)",
     "mmdeploy": "2 values (h, w) or 4 as mmdeploy writes them (h, h, w, w)",
-    "openvino": "4 equal values (mmdeploy writes (h, h, w, w), OpenVINO reads (h_begin, w_begin, "
-    "h_end, w_end): only equal values mean the same to both)",
+    "openvino": "4 values, (h, h, w, w) as mmdeploy writes them or (h_begin, w_begin, h_end, w_end)",
 }
 
 

@@ -164,13 +164,10 @@ CUSTOM_FORMS = [form.name for form in FORMS if form.domain]
 
 def fits(form_name: str, mask: bool, bias: bool, padding: Pair) -> tuple[bool, bool, Pair]:
     """(mask, bias, padding) changed as little as needed for ``form_name``'s writer to write them:
-    mmcv's DCNv1 has neither mask nor bias, its DCNv2 always a mask, OpenVINO's no bias and one
-    padding for both axes (the larger, so that the output keeps a pixel)."""
+    mmcv's DCNv1 has neither mask nor bias, its DCNv2 always a mask, OpenVINO's no bias."""
     form = _form(form_name)
     if not form.domain:
         return mask, bias, padding
-    if form.padding == "openvino":
-        padding = (max(padding), max(padding))
     if "mask" not in form.inputs:
         return False, False, padding
     if "bias" not in form.inputs:

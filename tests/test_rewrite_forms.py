@@ -18,8 +18,11 @@ from onnx_models import CUSTOM_FORMS, NodeCase, build, feeds, fits, in_form
 
 from deform_conv2d_onnx_exporter import DeformConvExportError, decompose_model
 from deform_conv2d_onnx_exporter.__main__ import main
+from deform_conv2d_onnx_exporter.lowering import DECOMPOSITIONS
 
 pytestmark = pytest.mark.onnx_only
+
+DATA = Path(__file__).parent / "data"
 
 
 def _case(form: str, **changes: object) -> NodeCase:
@@ -100,7 +103,7 @@ def test_mmdeploy_padding_means_what_the_source_model_meant(
             [1, 1, 2, 2],
             r"padding: expected 2 values \(h, w\), got \[1, 1, 2, 2\]",
         ),
-        ("org.openvinotoolkit::DeformableConv2D", "pads", [1, 1, 2, 2], "pads: expected 4 equal values"),
+        ("org.openvinotoolkit::DeformableConv2D", "pads", [1, 1], r"pads: expected 4 values, \(h, h, w, w\)"),
         ("mmcv::MMCVDeformConv2d", "bias", 1, "bias: expected 0, got 1"),
         (
             "org.openvinotoolkit::DeformableConv2D",
@@ -118,6 +121,29 @@ def test_ambiguous_or_unsupported_attributes_are_refused(
     model = _set(in_form(build(case), form, 11) if form != "DeformConv" else build(case), name, value)
     with pytest.raises(DeformConvExportError, match=f"{form} node 'dcn': {message}"):
         decompose_model(model)
+
+
+@pytest.mark.parametrize(
+    ("written", "pads"),
+    [([1, 1, 2, 2], (1, 2, 1, 2)), ([2, 0, 1, 1], (2, 0, 1, 1)), ([2, 2, 2, 2], (2, 2, 2, 2))],
+    ids=["mmdeploy's (h, h, w, w)", "ONNX's, asymmetric", "both"],
+)
+def test_openvino_pads_follow_mmdeploy_where_it_could_have_written_them(
+    written: list[int], pads: tuple[int, int, int, int]
+) -> None:
+    """mmdeploy writes (h, h, w, w), which OpenVINO would read as ONNX pads: (a, a, b, b) is read as
+    mmdeploy meant it, any other 4 values (mmdeploy never writes them) as ONNX pads."""
+    form = "org.openvinotoolkit::DeformableConv2D"
+    case = _case(form, pads=pads)
+    # in_form pads symmetrically: the node of a symmetric case, the inputs and output of this one
+    model = _set(in_form(build(case.with_(pads=(1, 1, 1, 1))), form, 11), "pads", written)
+    for field in ("input", "output"):
+        del getattr(model.graph, field)[:]
+        getattr(model.graph, field).extend(getattr(build(case).graph, field))
+    inputs = feeds(case)
+    np.testing.assert_allclose(
+        _ort(decompose_model(model).model, inputs), _ort(build(case), inputs), atol=1e-4
+    )
 
 
 def test_mmcv_writes_one_int_for_both_axes() -> None:
@@ -192,3 +218,20 @@ def test_missing_external_data_is_one_error_line(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "w.bin is missing" in err, err
     assert not (tmp_path / "out.onnx").exists()
+
+
+#: Models written by mmcv 2.2.0's and mmdeploy 1.3.1's own symbolic functions, with torchvision's
+#: output beside each (tools/export_openmmlab.py).
+EXPORTED = ["mmcv_dcn", "mmcv_mdcn", "mmdeploy_dcn", "mmdeploy_mdcn", "mmdeploy_openvino_dcn"]
+
+
+@pytest.mark.parametrize("lowering", ["auto", *DECOMPOSITIONS, "native"])
+@pytest.mark.parametrize("name", EXPORTED)
+def test_models_exported_by_mmcv_and_mmdeploy(name: str, lowering: str) -> None:
+    """Their DCNv1 pads (1, 2): mmdeploy writes it (1, 1, 2, 2), OpenVINO's form too."""
+    model = onnx.load(DATA / f"{name}.onnx")
+    arrays = dict(np.load(DATA / f"{name}.npz"))
+    expected = arrays.pop("expected")
+    result = decompose_model(model, lowering=lowering).model
+    assert [e.domain for e in result.opset_import] == [""]
+    np.testing.assert_allclose(_ort(result, arrays), expected, atol=1e-5, rtol=1e-5)
