@@ -225,3 +225,18 @@ def replace_node(
     producer.output[list(producer.output).index(out)] = node.output[0]
     for new in emitter.nodes:
         new.metadata_props.extend(node.metadata_props)
+        if new.op_type == "DeformConv":
+            _keep_end_pads(new, found.pads)
+
+
+def _keep_end_pads(deform_conv: onnx.NodeProto, pads: Sequence[int]) -> None:
+    """Give the ``native`` lowering's DeformConv the node's own pads.
+
+    The core writes torchvision's symmetric padding, (h, w, h, w) from the begin pads, which is
+    all a decomposition needs (it reads the output size from the offset); DeformConv computes its
+    output size from the pads, so asymmetric end pads must stay.
+    """
+    kept = [a for a in deform_conv.attribute if a.name != "pads"]
+    del deform_conv.attribute[:]
+    deform_conv.attribute.extend([*kept, helper.make_attribute("pads", list(pads))])
+    deform_conv.attribute.sort(key=lambda attribute: attribute.name)

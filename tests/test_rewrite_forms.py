@@ -128,8 +128,9 @@ def test_ambiguous_or_unsupported_attributes_are_refused(
     [([1, 1, 2, 2], (1, 2, 1, 2)), ([2, 0, 1, 1], (2, 0, 1, 1)), ([2, 2, 2, 2], (2, 2, 2, 2))],
     ids=["mmdeploy's (h, h, w, w)", "ONNX's, asymmetric", "both"],
 )
+@pytest.mark.parametrize("lowering", ["auto", "native"])
 def test_openvino_pads_follow_mmdeploy_where_it_could_have_written_them(
-    written: list[int], pads: tuple[int, int, int, int]
+    written: list[int], pads: tuple[int, int, int, int], lowering: str
 ) -> None:
     """mmdeploy writes (h, h, w, w), which OpenVINO would read as ONNX pads: (a, a, b, b) is read as
     mmdeploy meant it, any other 4 values (mmdeploy never writes them) as ONNX pads."""
