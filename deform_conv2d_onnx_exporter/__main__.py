@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     decompose = commands.add_parser(
-        "decompose", help="rewrite every DeformConv node of an ONNX model into standard operators"
+        "decompose",
+        help="rewrite every deformable convolution node of an ONNX model (DeformConv, or mmcv's, "
+        "mmdeploy's or OpenVINO's) into standard operators",
     )
     decompose.add_argument("input", help="the model to read (.onnx)")
     decompose.add_argument("output", help="where to write the rewritten model")
@@ -59,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_verify_command(commands)
 
-    info = commands.add_parser("info", help="list the DeformConv nodes of a model and their parameters")
+    info = commands.add_parser(
+        "info", help="list the deformable convolution nodes of a model and their parameters"
+    )
     info.add_argument("model", help="the model to read (.onnx)")
     info.set_defaults(run=_info)
 
