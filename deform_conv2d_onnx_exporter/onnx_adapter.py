@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .decomposition import deform_conv2d
@@ -163,6 +163,12 @@ def _check_types(where: str, tensors: Mapping[Role, Optional[str]], facts: dict[
     """Every input has the input's element type, where shape inference knows both (ONNX's T)."""
     types = {role: facts.get(name, (None, None))[0] for role, name in tensors.items() if name}
     expected = types["input"]
+    floats = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)
+    if expected is not None and expected not in floats:
+        raise DeformConvExportError(
+            f"{where}: input {tensors['input']!r}: expected a floating-point tensor (float16, bfloat16, "
+            f"float, double), got {_type_name(expected)}"
+        )
     for role, elem_type in types.items():
         if expected is not None and elem_type is not None and elem_type != expected:
             raise DeformConvExportError(
