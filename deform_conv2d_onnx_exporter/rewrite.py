@@ -301,7 +301,8 @@ def tensor_facts(model: onnx.ModelProto) -> dict[str, TensorFacts]:
     custom = [(node, form) for node in skeleton.graph.node if (form := form_of(node)) and form.domain]
     facts = _inferred_facts(skeleton)
     for _ in custom:
-        stated = [_output_info(node, form, facts) for node, form in custom if node.output[0] not in facts]
+        unknown = [(node, form) for node, form in custom if node.output and node.output[0] not in facts]
+        stated = [_output_info(node, form, facts) for node, form in unknown]
         known = [info for info in stated if info is not None]
         if not known:
             break

@@ -10,7 +10,11 @@ ONNX Runtime to the output of the same model rewritten with ONNX DeformConv (``n
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,8 +74,8 @@ def _inputs(draw: st.DrawFn, model: onnx.ModelProto) -> None:
     node = _node(model)
     names = list(node.input)
     tensors = [v.name for v in model.graph.input] + [t.name for t in model.graph.initializer]
-    how = draw(st.sampled_from(["remove", "empty", "add", "swap"]))
-    index = draw(st.integers(0, len(names) - 1))
+    how = draw(st.sampled_from(["remove", "empty", "add", "swap"])) if names else "add"
+    index = draw(st.integers(0, max(0, len(names) - 1)))
     if how == "remove":
         del names[index]
     elif how == "empty":
@@ -86,11 +90,15 @@ def _inputs(draw: st.DrawFn, model: onnx.ModelProto) -> None:
 
 
 def _outputs(draw: st.DrawFn, model: onnx.ModelProto) -> None:
+    """An output added, emptied or removed."""
     node = _node(model)
-    if draw(st.booleans()):
+    how = draw(st.sampled_from(["add", "empty", "remove"]))
+    if how == "add":
         node.output.append("y_extra")
-    else:
+    elif how == "empty" and node.output:
         node.output[0] = ""
+    else:
+        del node.output[:]
 
 
 def _graph_input(draw: st.DrawFn, model: onnx.ModelProto) -> None:
@@ -103,7 +111,7 @@ def _graph_input(draw: st.DrawFn, model: onnx.ModelProto) -> None:
         dims = dims[: draw(st.integers(0, 3))] if draw(st.booleans()) else [*dims, 2]
     elif how == "type":
         tensor.elem_type = draw(st.sampled_from(_TYPES))
-    else:
+    elif dims:
         dims[draw(st.integers(0, len(dims) - 1))] = draw(st.integers(0, 40))
     value.CopyFrom(helper.make_tensor_value_info(value.name, tensor.elem_type, dims))
 
@@ -186,6 +194,18 @@ def test_a_malformed_node_is_refused_or_rewritten_correctly(model: onnx.ModelPro
     native = decompose_model(model, lowering="native").model
     for got, want in zip(_run(result), _run(native)):
         np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+@settings(max_examples=settings.default.max_examples)
+@given(model=malformed_models())
+def test_info_describes_a_malformed_node_or_refuses_in_one_line(model: onnx.ModelProto) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        onnx.save(model, path)
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            status = main(["info", path])
+    assert status == 0 or (status == 1 and err.getvalue().count("\n") == 1), err.getvalue()
 
 
 def _strides(value: Any) -> Callable[[onnx.ModelProto], None]:
