@@ -324,7 +324,7 @@ def _info(args: argparse.Namespace) -> int:
     from .onnx_adapter import params_of
     from .rewrite import find_deform_convs, model_opset, opset_imports, tensor_facts
 
-    model = _load(args.model)
+    model = _load(args.model, external_data=False)  # shapes are all info reads
     found = list(find_deform_convs(model.graph))
     if not found:
         raise CommandError(
