@@ -236,3 +236,11 @@ def test_models_exported_by_mmcv_and_mmdeploy(name: str, lowering: str) -> None:
     result = decompose_model(model, lowering=lowering).model
     assert [e.domain for e in result.opset_import] == [""]
     np.testing.assert_allclose(_ort(result, arrays), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_in_place_rewrites_the_model_given() -> None:
+    form = "mmdeploy::MMCVModulatedDeformConv2d"
+    model = in_form(build(_case(form)), form, 11)
+    result = decompose_model(model, in_place=True)
+    assert result.model is model and result.rewritten == ["dcn"]
+    assert not any(node.domain for node in model.graph.node)
