@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 from onnx_models import CUSTOM_FORMS, NodeCase, build, fits, in_form, onnxruntime_max_opset
@@ -291,7 +291,7 @@ def budget(share: float) -> settings:
 
 def check(call: Call, data: Data) -> None:
     """The call written to ONNX and run on ONNX Runtime gives torchvision's output, and ONNX Runtime's
-    DeformConv's where it has one."""
+    DeformConv's where it has one; in float16, float64 arithmetic's."""
     inputs = data.inputs(call.case, call.dtype)
     names = input_names(call.case)
     deform_conv = build(call.node_case, max(call.model_opset, DEFORMCONV_OPSETS[0]))
@@ -299,13 +299,20 @@ def check(call: Call, data: Data) -> None:
     model = write(call, deform_conv, module, inputs)
     got = run(model, names, inputs)
 
+    if call.dtype == torch.float16:
+        # torchvision's float16 CPU kernel rounds at every step (0.2 off float64 arithmetic on a
+        # 37-row image, measured), the graph samples in float32 and rounds once: judge it against
+        # float64 arithmetic on the same float16 inputs, within float16's tolerance.
+        exact = copy.deepcopy(module).double()(*(t.double() for t in inputs)).detach()
+        assert_matches(got, exact.half(), call.dtype, "float64 arithmetic's")
+        return
     references = {"torchvision's": module(*inputs).detach().numpy()}
-    if ORT_HAS_DEFORMCONV and call.dtype != torch.float16:  # its CPU DeformConv: float and double
+    if ORT_HAS_DEFORMCONV:  # its CPU DeformConv: float and double
         references["onnxruntime DeformConv's"] = run(deform_conv.SerializeToString(), names, inputs)
     ops = {node.op_type for node in onnx.load_from_string(model).graph.node}
     # GridSample and DeformConv compute the float32 sampling point their own way: judge them
     # against float64 arithmetic, allowing 3x each reference's own error there. The gather
-    # lowerings repeat torchvision's arithmetic, and float64 and float16 leave room for either.
+    # lowerings repeat torchvision's arithmetic, and float64 leaves room for either.
     if call.dtype == torch.float32 and ops & {"GridSample", "DeformConv"}:
         exact = copy.deepcopy(module).double()(*(t.double() for t in inputs)).detach().numpy()
         for against, reference in references.items():
@@ -351,4 +358,8 @@ def test_decompose_model_of_each_custom_form(
     """Every custom form with every lowering: its own drawn calls (20 in CI, 167 in ``nox -s fuzz``)."""
     if missing_path("decompose", lowering) is not None:
         pytest.fail(f"this ONNX Runtime cannot run {lowering}: {missing_path('decompose', lowering)}")
-    check(draw.draw(calls("decompose", form, lowering)), data)
+    call = draw.draw(calls("decompose", form, lowering))
+    # what was drawn, for --hypothesis-show-statistics
+    sizes = "symbolic" if call.symbolic_batch or call.symbolic_size else "static"
+    event(f"{str(call.dtype).removeprefix('torch.')}, {sizes} sizes")
+    check(call, data)
