@@ -430,6 +430,8 @@ def _convert_other_nodes(model: onnx.ModelProto, source: int, target: int) -> No
     graph.output.extend(converted.graph.output)
     del model.opset_import[:]
     model.opset_import.extend(e for e in converted.opset_import if e.domain != _PENDING_DOMAIN)
+    del model.functions[:]
+    model.functions.extend(converted.functions)
     model.ir_version = converted.ir_version
 
 
