@@ -1,15 +1,16 @@
 """Property-based tests: every way of writing deform_conv2d to ONNX, on drawn calls, against torchvision.
 
 One strategy draws a call of a path (the legacy exporter, the dynamo exporter, or ``decompose_model``
-of a DeformConv model built with ``onnx.helper``): the lowering, the opset, the dtype, a static or
-symbolic batch (an empty one included) and image size, the configuration and adversarial data. One
-test per path runs it; each result is compared with torchvision's kernel and, where the installed
-ONNX Runtime has it, with its DeformConv running the ``onnx.helper`` model.
+of a model built with ``onnx.helper``, its node ONNX DeformConv or one of mmcv's, mmdeploy's and
+OpenVINO's operators): the lowering, the opset, the dtype, a static or symbolic batch (an empty one
+included) and image size, the configuration and adversarial data. One test per path runs it, and one
+per custom form and lowering; each result is compared with torchvision's kernel and, where the
+installed ONNX Runtime has it, with its DeformConv running the same call as ONNX DeformConv.
 
 The default profile ("ci", registered in conftest.py) runs a fixed, derandomised set, ``pytest
---hypothesis-profile=fuzz`` (``nox -s fuzz``) a random one: 60 or 500 examples of decompose_model, a
-third as many of the legacy exporter and a sixth of the dynamo exporter, whose exports take longer
-(:func:`budget`).
+--hypothesis-profile=fuzz`` (``nox -s fuzz``) a random one: 60 or 500 examples of decompose_model of
+DeformConv, a third as many of each custom form with each lowering and of the legacy exporter, and a
+sixth of the dynamo exporter, whose exports take longer (:func:`budget`).
 """
 
 from __future__ import annotations
