@@ -263,7 +263,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def fuzz(session: nox.Session) -> None:
-    """The property-based tests with random examples, 500 of decompose_model instead of CI's fixed 60."""
+    """The property-based tests with random examples, 500 of decompose_model instead of CI's fixed 60,
+    and 2,500 malformed models instead of 300."""
     _install(session, DEV, "torch,test")
     session.run(
         "python",
@@ -272,6 +273,7 @@ def fuzz(session: nox.Session) -> None:
         "-q",
         "--hypothesis-profile=fuzz",
         "tests/test_properties.py",
+        "tests/test_malformed.py",
         *session.posargs,
     )
 

@@ -6,7 +6,8 @@ See README.md for usage. The public API:
   exporter (``torch.onnx.export(..., dynamo=False)``);
 - :func:`create_deform_conv2d_custom_op`: the dynamo exporter's ``custom_translation_table``;
 - :func:`export`: either, chosen by the installed torch;
-- :func:`decompose_model`: rewrite the DeformConv nodes of an existing ONNX model (no torch needed);
+- :func:`decompose_model`: rewrite the deformable convolutions of an existing ONNX model (ONNX
+  DeformConv, or mmcv's, mmdeploy's and OpenVINO's operators; no torch needed);
 - :func:`sampling_nodes`: the nodes to keep in float when quantizing such a model (no torch needed).
 
 The torch entry points are imported on first use, so that rewriting ONNX files works without torch

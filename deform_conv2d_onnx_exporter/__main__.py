@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     decompose = commands.add_parser(
-        "decompose", help="rewrite every DeformConv node of an ONNX model into standard operators"
+        "decompose",
+        help="rewrite every deformable convolution node of an ONNX model (DeformConv, or mmcv's, "
+        "mmdeploy's or OpenVINO's) into standard operators",
     )
     decompose.add_argument("input", help="the model to read (.onnx)")
     decompose.add_argument("output", help="where to write the rewritten model")
@@ -59,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_verify_command(commands)
 
-    info = commands.add_parser("info", help="list the DeformConv nodes of a model and their parameters")
+    info = commands.add_parser(
+        "info", help="list the deformable convolution nodes of a model and their parameters"
+    )
     info.add_argument("model", help="the model to read (.onnx)")
     info.set_defaults(run=_info)
 
@@ -127,70 +131,84 @@ def _add_lowering_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str) -> onnx.ModelProto:
-    """The model at ``path``, with its external data, or a CommandError saying why not."""
+def _load(path: str, external_data: bool = True) -> onnx.ModelProto:
+    """The model at ``path``, with its external data unless not ``external_data`` (its files must
+    exist either way), or a CommandError saying why not."""
     if os.path.isdir(path):
         raise CommandError(f"cannot read {path}: is a directory")
     if not os.path.isfile(path):
         raise CommandError(f"cannot read {path}: no such file")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=external_data)
     except Exception as error:  # protobuf's DecodeError, missing external data, ...
         raise CommandError(f"cannot read {path} as an ONNX model: {error}") from error
+    missing = [data for data in _files_read(path, model)[1:] if not os.path.isfile(data)]
+    if missing:
+        raise CommandError(f"cannot read {path} as an ONNX model: its external data {missing[0]} is missing")
     if not model.HasField("graph") or not model.opset_import:
         raise CommandError(f"cannot read {path} as an ONNX model: it has no graph or no opset")
     return model
 
 
 def _decompose(args: argparse.Namespace) -> int:
-    from .rewrite import decompose_model
+    from .rewrite import data_bytes, decompose_model
 
-    model = _load(args.input)
+    # the weights stay in their files until the rewrite reads them, one node at a time
+    model = _load(args.input, external_data=False)
     data_file = os.path.basename(args.output) + ".data"
-    _refuse_to_overwrite_the_input(
-        args.input, [args.output, os.path.join(os.path.dirname(args.output), data_file)]
-    )
-    count = sum(1 for _ in _main_graph_nodes(model))
+    read = _files_read(args.input, model)
+    _refuse_to_overwrite_the_input(read, [args.output, os.path.join(os.path.dirname(args.output), data_file)])
+    count = len(_main_graph_nodes(model))
+    before = len(model.graph.node)
 
     def progress(done: int, total: int, name: str) -> None:
         if total >= PROGRESS_FROM:
-            print(f"[{done}/{total}] rewrote DeformConv {name!r}", file=sys.stderr, flush=True)
+            print(f"[{done}/{total}] rewrote {name!r}", file=sys.stderr, flush=True)
 
-    result = decompose_model(model, args.opset, args.lowering, progress=progress)
+    # in place: the loaded model is ours, and a large one is then held once, not twice
+    base_dir = os.path.dirname(os.path.abspath(args.input))
+    result = decompose_model(
+        model, args.opset, args.lowering, progress=progress, in_place=True, base_dir=base_dir
+    )
     for found in result.left_in_subgraphs:
         print(
             f"{PROG}: warning: {found.describe()} left as it is (subgraphs are not rewritten)",
             file=sys.stderr,
         )
-    # protobuf cannot serialise 2 GB or more in one message: weights then go to a side file.
-    large = result.model.ByteSize() > 1_800_000_000
+    # Weights stay in a side file when they came in one; protobuf cannot serialise 2 GB or more
+    # in one message, so a large model's go to one too.
+    external = len(read) > 1 or data_bytes(result.model) > 1_800_000_000
     try:
-        onnx.save(result.model, args.output, save_as_external_data=large, location=data_file)
+        onnx.save(result.model, args.output, save_as_external_data=external, location=data_file)
     except OSError as error:
         raise CommandError(f"cannot write {args.output}: {error.strerror or error}") from error
     opset = next(e.version for e in result.model.opset_import if e.domain in ("", "ai.onnx"))
     print(
         f"wrote {args.output}: {len(result.rewritten)} of {count} DeformConv nodes rewritten "
-        f"(lowering {args.lowering}, opset {opset}); {len(model.graph.node)} nodes before, "
+        f"(lowering {args.lowering}, opset {opset}); {before} nodes before, "
         f"{len(result.model.graph.node)} after"
     )
     return 0
 
 
-def _refuse_to_overwrite_the_input(input_path: str, outputs: list[str]) -> None:
-    """A CommandError if writing ``outputs`` (the model and its weights file) would replace the
-    input model or a file of its external data, or if the model's path is a directory."""
-    if os.path.isdir(outputs[0]):
-        raise CommandError(f"cannot write {outputs[0]}: is a directory")
-    header = onnx.load(input_path, load_external_data=False)
+def _files_read(input_path: str, model: onnx.ModelProto) -> list[str]:
+    """The model file and the files of the external data ``model`` (read from it) refers to."""
     folder = os.path.dirname(input_path)
-    read = [input_path] + [
-        os.path.join(folder, entry.value)
-        for tensor in header.graph.initializer
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
         if tensor.data_location == onnx.TensorProto.EXTERNAL
         for entry in tensor.external_data
         if entry.key == "location"
-    ]
+    }
+    return [input_path] + [os.path.join(folder, location) for location in sorted(locations)]
+
+
+def _refuse_to_overwrite_the_input(read: list[str], outputs: list[str]) -> None:
+    """A CommandError if writing ``outputs`` (the model and its weights file) would replace a
+    file ``read`` (the input model or its external data), or if the model's path is a directory."""
+    if os.path.isdir(outputs[0]):
+        raise CommandError(f"cannot write {outputs[0]}: is a directory")
     for output in outputs:
         for source in read:
             if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
@@ -249,7 +267,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _verify_models(args: argparse.Namespace) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(candidate, reference): MODEL, decomposed in memory if it has DeformConv, and the model
     with DeformConv to compare with."""
-    from .rewrite import decompose_model
+    from .rewrite import decompose_model, find_deform_convs
 
     model = _load(args.model)
     reference = _load(args.reference) if args.reference else model
@@ -261,6 +279,10 @@ def _verify_models(args: argparse.Namespace) -> tuple[onnx.ModelProto, onnx.Mode
     if not _main_graph_nodes(model):
         print(f"candidate: {args.model}")
         return model, reference
+    if any(found.form.domain for found in find_deform_convs(reference.graph)):
+        # no runtime runs mmcv's, mmdeploy's or OpenVINO's operators: compare with ONNX DeformConv
+        print(f"reference: {args.reference or args.model} with its nodes written as ONNX DeformConv")
+        reference = decompose_model(reference, lowering="native").model
     print(f"candidate: {args.model} decomposed in memory (lowering {args.lowering})")
     return decompose_model(model, args.opset, args.lowering).model, reference
 
@@ -298,20 +320,23 @@ def _parse_shapes(values: list[str]) -> ShapeOverrides:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .forms import read
     from .onnx_adapter import params_of
-    from .rewrite import find_deform_convs, model_opset, tensor_facts
+    from .rewrite import find_deform_convs, model_opset, opset_imports, tensor_facts
 
-    model = _load(args.model)
+    model = _load(args.model, external_data=False)  # shapes are all info reads
     found = list(find_deform_convs(model.graph))
     if not found:
-        raise CommandError(f"{args.model} has no DeformConv node")
+        raise CommandError(
+            f"{args.model} has no deformable convolution node "
+            f"(DeformConv, or mmcv's, mmdeploy's or OpenVINO's)"
+        )
     facts = tensor_facts(model)
-    print(f"{args.model}: opset {model_opset(model)}, {len(found)} DeformConv node(s)")
+    print(f"{args.model}: opset {model_opset(model)}, {len(found)} deformable convolution node(s)")
     for item in found:
         node = item.node
         print(f"{item.describe()}:")
-        roles = ["X", "W", "offset", "B", "mask"]
-        for role, name in zip(roles, node.input):
+        for role, name in zip(item.form.inputs, node.input):
             if name:
                 elem_type, shape = facts.get(name, (None, None))
                 dtype = onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type else "?"
@@ -322,7 +347,7 @@ def _info(args: argparse.Namespace) -> int:
             print("  not rewritten by decompose (inside a subgraph)")
             continue
         try:
-            params = params_of(node, facts)
+            params = params_of(read(node, item.form, opset_imports(model)), facts)
         except DeformConvExportError as error:
             print(f"  cannot be decomposed: {error}")
             continue

@@ -75,19 +75,31 @@ def export(
     request = _Request(model, args, f, options, capabilities, kwargs)
     grad_mode = torch.no_grad() if no_grad else contextlib.nullcontext()
     with _our_error_lifted(), _no_partial_files(f) as remove_partial_files, grad_mode:
-        if exporter == "dynamo":
-            return _export_dynamo_or_legacy(
-                request,
-                custom_translation_table,
-                fallback=dynamo is None,
-                before_fallback=remove_partial_files,
-            )
-        if custom_translation_table:
-            raise ValueError(
-                "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
-                f"got a table of {len(custom_translation_table)} entries"
-            )
-        return _export_legacy(request)
+        return _export_on(
+            exporter, request, custom_translation_table, fallback=dynamo is None, cleanup=remove_partial_files
+        )
+
+
+def _export_on(
+    exporter: str,
+    request: _Request,
+    custom_translation_table: Optional[TranslationTable],
+    *,
+    fallback: bool,
+    cleanup: Callable[[], None],
+) -> Any:
+    """The export on ``exporter`` ("dynamo" or "legacy"); only the dynamo exporter reads a
+    ``custom_translation_table``. ``fallback`` and ``cleanup``: see :func:`_export_dynamo_or_legacy`."""
+    if exporter == "dynamo":
+        return _export_dynamo_or_legacy(
+            request, custom_translation_table, fallback=fallback, before_fallback=cleanup
+        )
+    if custom_translation_table:
+        raise ValueError(
+            "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
+            f"got a table of {len(custom_translation_table)} entries"
+        )
+    return _export_legacy(request)
 
 
 @dataclass(frozen=True)

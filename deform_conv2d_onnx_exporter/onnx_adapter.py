@@ -1,4 +1,4 @@
-"""Adapter 3: the core emitted into a plain ONNX graph, in place of one ``DeformConv`` node.
+"""Adapter 3: the core emitted into a plain ONNX graph, in place of one deformable convolution node.
 
 No torch here: values are tensor names, nodes are ``onnx.NodeProto``. Static shapes and element
 types come from ONNX shape inference run on the model beforehand (see :mod:`.rewrite`).
@@ -10,19 +10,17 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .decomposition import deform_conv2d
 from .emitter import Attribute, Emitter
+from .forms import DeformConvNode, Role
 from .lowering import LoweringOptions
 from .params import DeformConvExportError, DeformConvParams, StaticShape, show_shape
 
 #: What shape inference told about a tensor: (element type or None, shape or None).
 TensorFacts = tuple[Optional[int], StaticShape]
-
-#: DeformConv's attributes (opset 19 and 22 alike), all of which this adapter reads.
-ATTRIBUTES = ("dilations", "group", "kernel_shape", "offset_group", "pads", "strides")
 
 
 class OnnxGraphEmitter(Emitter[str]):
@@ -30,7 +28,9 @@ class OnnxGraphEmitter(Emitter[str]):
 
     A node whose inputs are all constants (the model's initializers, such as the weight, or the
     core's own constants) is computed here and written as a constant, as the torch exporters
-    fold it: some converters (onnx2tf) fail on a Reshape of an initializer.
+    fold it: some converters (onnx2tf) fail on a Reshape of an initializer. Constants stay NumPy
+    arrays until :meth:`initializers` writes the ones the new nodes read: a weight folded through
+    a Reshape and a Transpose then exists once in the model, not once per step.
 
     Args:
         opset: the default-domain opset of the model the nodes go into.
@@ -38,6 +38,7 @@ class OnnxGraphEmitter(Emitter[str]):
         fresh_name: returns an unused tensor or node name built from its argument.
         prefix: the start of every new node's name (the replaced node's name).
         initializers: the model's initializers that are not also graph inputs, by name.
+        base_dir: the folder of the files of those that keep their data outside the model.
     """
 
     path = "rewrite"
@@ -49,10 +50,11 @@ class OnnxGraphEmitter(Emitter[str]):
         fresh_name: Callable[[str], str],
         prefix: str,
         initializers: Mapping[str, onnx.TensorProto],
+        base_dir: str = "",
     ) -> None:
         super().__init__(opset)
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self._base_dir = base_dir
         self._facts = facts
         self._fresh_name = fresh_name
         self._prefix = prefix
@@ -69,15 +71,19 @@ class OnnxGraphEmitter(Emitter[str]):
 
     def _constant(self, array: np.ndarray) -> str:
         name = self._fresh_name(f"{self._prefix}/const")
-        self.initializers.append(numpy_helper.from_array(array, name))
         self._values[name] = array
         return name
+
+    def initializers(self) -> list[onnx.TensorProto]:
+        """The constants the new nodes read, as initializers (not those only folded into others)."""
+        read = {name for node in self.nodes for name in node.input}
+        return [numpy_helper.from_array(array, name) for name, array in self._values.items() if name in read]
 
     def _value(self, name: str) -> np.ndarray:
         """The value of a constant: one this emitter wrote, or one of the model's initializers."""
         if name in self._values:
             return self._values[name]
-        return numpy_helper.to_array(self._model_constants[name])
+        return numpy_helper.to_array(self._model_constants[name], self._base_dir)
 
     def static_shape(self, value: str) -> StaticShape:
         return self._facts.get(value, (None, None))[1]
@@ -104,118 +110,139 @@ def _make_node(
     return node
 
 
-def params_of(node: onnx.NodeProto, facts: dict[str, TensorFacts]) -> DeformConvParams:
-    """The parameters of a DeformConv node, validated against the static shapes known.
+def params_of(found: DeformConvNode, facts: dict[str, TensorFacts]) -> DeformConvParams:
+    """The parameters of a deformable convolution node, validated against the static shapes known.
 
-    ONNX DeformConv's pads are (h_begin, w_begin, h_end, w_end). The sampling grid depends only on
-    the begin pads; the end pads only decide the output size, which the decomposition reads
-    from the offset's (oh, ow), so they are checked against it where both are static.
+    The pads are (h_begin, w_begin, h_end, w_end). The sampling grid depends only on the begin
+    pads; the end pads only decide the output size, which the decomposition reads from the
+    offset's (oh, ow), so they are checked against it where both are static.
 
     Raises:
         DeformConvExportError: naming the node and the attribute or input at fault.
     """
-    where = f"DeformConv node {node.name!r}"
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    unknown = sorted(set(attrs) - set(ATTRIBUTES))
-    if unknown:
-        raise DeformConvExportError(
-            f"{where}: unsupported attribute {', '.join(unknown)}; expected only {', '.join(ATTRIBUTES)}"
-        )
-    x, w, offset = node.input[:3]
-    mask = _optional_input(node, 4)
-    input_shape, weight_shape = facts.get(x, (None, None))[1], facts.get(w, (None, None))[1]
-    offset_shape = facts.get(offset, (None, None))[1]
+    where, tensors = found.where, found.tensors
+    shapes = {role: facts.get(name, (None, None))[1] if name else None for role, name in tensors.items()}
+    _check_types(where, tensors, facts)
+    input_shape, weight_shape = shapes["input"], shapes["weight"]
     if input_shape is not None and len(input_shape) != 4:
         raise DeformConvExportError(
-            f"{where}: only 2-D DeformConv is supported (input of rank 4), got input rank {len(input_shape)}"
+            f"{where}: only 2-D deformable convolution is supported (input of rank 4), got input "
+            f"rank {len(input_shape)}"
         )
     if weight_shape is None or any(d is None for d in weight_shape):
         raise DeformConvExportError(
-            f"{where}: the weight {w!r} needs a static shape (an initializer, or a shape ONNX shape "
-            f"inference can compute), got {show_shape(weight_shape)}"
+            f"{where}: the weight {tensors['weight']!r} needs a static shape (an initializer, or a "
+            f"shape ONNX shape inference can compute), got {show_shape(weight_shape)}"
         )
-    kernel = list(weight_shape[2:])
-    if "kernel_shape" in attrs and list(attrs["kernel_shape"]) != kernel:
-        raise DeformConvExportError(
-            f"{where}: kernel_shape={list(attrs['kernel_shape'])} contradicts the weight's shape "
-            f"{show_shape(weight_shape)}"
-        )
-    strides = _pair(where, "strides", attrs.get("strides", [1, 1]))
-    dilations = _pair(where, "dilations", attrs.get("dilations", [1, 1]))
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if len(pads) != 4 or min(pads) < 0:
-        raise DeformConvExportError(
-            f"{where}: pads: expected 4 values >= 0 (h_begin, w_begin, h_end, w_end), got {pads}"
-        )
-    _check_output_size(where, input_shape, offset_shape, kernel, strides, pads, dilations)
     try:
-        return DeformConvParams.from_call(
+        params = DeformConvParams.from_call(
             input_shape=input_shape,
             weight_shape=weight_shape,
-            offset_shape=offset_shape,
-            mask_shape=None if mask is None else facts.get(mask, (None, None))[1],
-            stride=strides,
-            padding=(pads[0], pads[1]),
-            dilation=dilations,
-            groups=int(attrs.get("group", 1)),
-            offset_groups=int(attrs.get("offset_group", 1)),
-            use_mask=mask is not None,
+            offset_shape=shapes["offset"],
+            mask_shape=shapes["mask"],
+            stride=found.strides,
+            padding=(found.pads[0], found.pads[1]),
+            dilation=found.dilations,
+            groups=found.group,
+            offset_groups=found.offset_group,
+            use_mask=tensors["mask"] is not None,
         )
     except DeformConvExportError as error:
         raise DeformConvExportError(f"{where}: {error}") from error
+    if found.kernel_shape is not None and found.kernel_shape != params.kernel:
+        raise DeformConvExportError(
+            f"{where}: kernel_shape={list(found.kernel_shape)} contradicts the weight's shape "
+            f"{show_shape(weight_shape)}"
+        )
+    _check_bias(where, tensors["bias"], shapes["bias"], params.out_channels)
+    _check_output_size(where, shapes, params, found.pads)
+    return params
+
+
+def _check_types(where: str, tensors: Mapping[Role, Optional[str]], facts: dict[str, TensorFacts]) -> None:
+    """Every input has the input's element type, where shape inference knows both (ONNX's T)."""
+    types = {role: facts.get(name, (None, None))[0] for role, name in tensors.items() if name}
+    expected = types["input"]
+    floats = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)
+    if expected is not None and expected not in floats:
+        raise DeformConvExportError(
+            f"{where}: input {tensors['input']!r}: expected a floating-point tensor (float16, bfloat16, "
+            f"float, double), got {_type_name(expected)}"
+        )
+    for role, elem_type in types.items():
+        if expected is not None and elem_type is not None and elem_type != expected:
+            raise DeformConvExportError(
+                f"{where}: {role} {tensors[role]!r}: expected the input's element type "
+                f"{_type_name(expected)}, got {_type_name(elem_type)}"
+            )
+
+
+def _type_name(elem_type: int) -> str:
+    return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+
+
+def _check_bias(where: str, name: Optional[str], shape: StaticShape, out_channels: int) -> None:
+    if name is not None and shape is not None and list(shape) not in ([out_channels], [None]):
+        raise DeformConvExportError(
+            f"{where}: bias {name!r}: expected shape ({out_channels},) (out_channels), "
+            f"got {show_shape(shape)}"
+        )
+
+
+def _check_output_size(
+    where: str, shapes: Mapping[Role, StaticShape], params: DeformConvParams, pads: Sequence[int]
+) -> None:
+    """The offset's and the mask's (oh, ow) must be the output size the attributes give, where static."""
+    input_shape = shapes["input"]
+    if input_shape is None:
+        return
+    for axis in (0, 1):
+        size, k = input_shape[2 + axis], params.kernel[axis]
+        if size is None:
+            continue
+        extent = params.dilation[axis] * (k - 1) + 1
+        expected = (size + pads[axis] + pads[axis + 2] - extent) // params.stride[axis] + 1
+        for name in ("offset", "mask"):
+            shape = shapes[name]
+            out = None if shape is None else shape[2 + axis]
+            if expected < 1 or (out is not None and out != expected):
+                raise DeformConvExportError(
+                    f"{where}: the {name}'s {'height' if axis == 0 else 'width'} is "
+                    f"{'?' if out is None else out}, but input size {size}, pads {list(pads)}, strides "
+                    f"{list(params.stride)} and dilations {list(params.dilation)} give an output size "
+                    f"of {expected}{'' if expected >= 1 else ' (no output)'}"
+                )
 
 
 def replace_node(
-    node: onnx.NodeProto,
+    found: DeformConvNode,
     params: DeformConvParams,
     options: LoweringOptions,
     emitter: OnnxGraphEmitter,
 ) -> None:
-    """Emit the decomposition of ``node`` into ``emitter``; its last node writes ``node``'s output.
+    """Emit the decomposition of ``found`` into ``emitter``; its last node writes the node's output.
 
     The new nodes carry the replaced node's metadata (exporters keep the source location there).
     """
-    x, w, offset = node.input[:3]
-    out = deform_conv2d(
-        emitter, params, options, x, w, offset, _optional_input(node, 4), _optional_input(node, 3)
-    )
+    node, tensors = found.node, found.tensors
+    x, w, offset = (str(tensors[role]) for role in ("input", "weight", "offset"))
+    out = deform_conv2d(emitter, params, options, x, w, offset, tensors["mask"], tensors["bias"])
     producer = next(n for n in reversed(emitter.nodes) if out in n.output)
     producer.output[list(producer.output).index(out)] = node.output[0]
     for new in emitter.nodes:
         new.metadata_props.extend(node.metadata_props)
+        if new.op_type == "DeformConv":
+            _keep_end_pads(new, found.pads)
 
 
-def _optional_input(node: onnx.NodeProto, index: int) -> Optional[str]:
-    """An optional input's name, None when it is absent or given as ""."""
-    return node.input[index] if len(node.input) > index and node.input[index] else None
+def _keep_end_pads(deform_conv: onnx.NodeProto, pads: Sequence[int]) -> None:
+    """Give the ``native`` lowering's DeformConv the node's own pads.
 
-
-def _pair(where: str, name: str, values: Sequence[int]) -> tuple[int, int]:
-    if len(values) != 2:
-        raise DeformConvExportError(f"{where}: {name}: expected 2 values (h, w), got {list(values)}")
-    return int(values[0]), int(values[1])
-
-
-def _check_output_size(
-    where: str,
-    input_shape: StaticShape,
-    offset_shape: StaticShape,
-    kernel: Sequence[Optional[int]],
-    strides: tuple[int, int],
-    pads: Sequence[int],
-    dilations: tuple[int, int],
-) -> None:
-    """The offset's (oh, ow) must be the output size the attributes give, where both are static."""
-    if input_shape is None or offset_shape is None or len(offset_shape) != 4:
-        return
-    for axis in (0, 1):
-        size, out, k = input_shape[2 + axis], offset_shape[2 + axis], kernel[axis]
-        if size is None or out is None or k is None:
-            continue
-        expected = (size + pads[axis] + pads[axis + 2] - dilations[axis] * (k - 1) - 1) // strides[axis] + 1
-        if out != expected:
-            raise DeformConvExportError(
-                f"{where}: the offset's {'height' if axis == 0 else 'width'} is {out}, but input size "
-                f"{size}, pads {list(pads)}, strides {list(strides)} and dilations {list(dilations)} "
-                f"give an output size of {expected}"
-            )
+    The core writes torchvision's symmetric padding, (h, w, h, w) from the begin pads, which is
+    all a decomposition needs (it reads the output size from the offset); DeformConv computes its
+    output size from the pads, so asymmetric end pads must stay.
+    """
+    kept = [a for a in deform_conv.attribute if a.name != "pads"]
+    del deform_conv.attribute[:]
+    deform_conv.attribute.extend([*kept, helper.make_attribute("pads", list(pads))])
+    deform_conv.attribute.sort(key=lambda attribute: attribute.name)

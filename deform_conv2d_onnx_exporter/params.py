@@ -102,6 +102,7 @@ class DeformConvParams:
         _check_rank("offset", offset_shape, "(batch, 2 * offset_groups * kh * kw, out_h, out_w)")
         weight = _static_weight_shape(weight_shape)
         out_channels, group_channels, kh, kw = weight
+        _check_batch(input_shape, offset_shape, mask_shape if use_mask else None)
         _check_channel_counts(
             input_shape, offset_shape, mask_shape if use_mask else None, weight, groups, offset_groups
         )
@@ -158,6 +159,17 @@ def _check_channel_counts(
             offset_groups * taps,
             f"offset_groups * kh * kw = {offset_groups} * {kh} * {kw}",
         )
+
+
+def _check_batch(input_shape: StaticShape, offset_shape: StaticShape, mask_shape: StaticShape) -> None:
+    """Offset and mask (None: not read) have the input's batch size, where static."""
+    batch = input_shape[0] if input_shape else None
+    for name, shape in (("offset", offset_shape), ("mask", mask_shape)):
+        if batch is not None and shape and shape[0] is not None and shape[0] != batch:
+            raise DeformConvExportError(
+                f"{name}: expected the input's batch size {batch}, got {name}.shape[0]={shape[0]} "
+                f"(shape {show_shape(shape)})"
+            )
 
 
 def _check_pair(name: str, pair: tuple[int, int], *, minimum: int) -> None:

@@ -53,67 +53,75 @@ def sampling_nodes(model: onnx.ModelProto) -> list[str]:
         >>> quantize_static("model.onnx", "model.int8.onnx", reader,
         ...                 nodes_to_exclude=sampling_nodes(onnx.load("model.onnx")))
     """
-    graph = model.graph
-    producer = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    constants = _constant_tensors(graph)
-    varying = _value_dependent(graph)
-
-    def is_weight(name: str) -> bool:
-        return name in constants
-
-    def is_layer(node: onnx.NodeProto) -> bool:
-        if node.op_type not in _LAYERS:
-            return False
-        weights = [name for name in node.input if is_weight(name)]
-        return bool(weights) and max(constants[name] for name in weights) > _SMALL_MATRIX
-
+    graph = _SamplingGraph(model.graph)
     found: set[int] = set()  # ids of the sampling nodes
-
-    samplers = [
-        node
-        for node in graph.node
-        if node.op_type in _SAMPLERS
-        and (node.op_type == "GridSample" or node.input[_SAMPLERS[node.op_type]] in varying)
-    ]
-    sampler_ids = {id(node) for node in samplers}
-
-    def walk_back(names: Iterable[str]) -> None:
-        stack = [name for name in names if name and name not in constants]
-        while stack:
-            node = producer.get(stack.pop())
-            if node is None or id(node) in found or is_layer(node):
-                continue
-            found.add(id(node))
-            if id(node) in sampler_ids:  # reached from its samples: only its coordinates, not the image
-                stack.append(node.input[_SAMPLERS[node.op_type]])
-            elif node.op_type not in _SHAPE_READERS:
-                stack.extend(name for name in node.input if name and name not in constants)
-
-    for sampler in samplers:
+    for sampler in graph.samplers:
         found.add(id(sampler))
-        walk_back([sampler.input[_SAMPLERS[sampler.op_type]]])
-        # forward to the kernel's layer: what combines the samples, with what it reads besides them
-        stack = list(sampler.output)
-        while stack:
-            for node in consumers.get(stack.pop(), []):
-                if is_layer(node) or node.op_type in _SHAPE_READERS or id(node) in found:
-                    continue
-                found.add(id(node))
-                walk_back(node.input)
-                stack.extend(node.output)
-    names = [node.name for node in graph.node if id(node) in found]
-    if not all(names):
-        unnamed = [node.op_type for node in graph.node if id(node) in found and not node.name]
+        graph.walk_back([sampler.input[_SAMPLERS[sampler.op_type]]], found)
+        graph.walk_forward(sampler, found)
+    nodes = [node for node in model.graph.node if id(node) in found]
+    unnamed = [node.op_type for node in nodes if not node.name]
+    if unnamed:
         raise ValueError(
             f"model: expected every sampling node to have a name, got {len(unnamed)} "
             f"without one ({', '.join(sorted(set(unnamed)))}); name them, for example "
             "with onnxruntime's quant_pre_process"
         )
-    return names
+    return [node.name for node in nodes]
+
+
+class _SamplingGraph:
+    """The main graph's nodes by the tensors they write and read, with the walks that collect a
+    sampling subgraph (module docstring)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.producer = {output: node for node in graph.node for output in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.constants = _constant_tensors(graph)
+        varying = _value_dependent(graph)
+        #: GridSample, and the Gathers whose indices depend on a graph input's values
+        self.samplers = [
+            node
+            for node in graph.node
+            if node.op_type in _SAMPLERS
+            and (node.op_type == "GridSample" or node.input[_SAMPLERS[node.op_type]] in varying)
+        ]
+        self._sampler_ids = {id(node) for node in self.samplers}
+
+    def is_layer(self, node: onnx.NodeProto) -> bool:
+        """A Conv, Gemm or MatMul with a weight larger than a coordinate frame change."""
+        if node.op_type not in _LAYERS:
+            return False
+        weights = [self.constants[name] for name in node.input if name in self.constants]
+        return bool(weights) and max(weights) > _SMALL_MATRIX
+
+    def walk_back(self, names: Iterable[str], found: set[int]) -> None:
+        """Add to ``found`` what computes ``names``, back to a layer, a graph input or a constant."""
+        stack = [name for name in names if name and name not in self.constants]
+        while stack:
+            node = self.producer.get(stack.pop())
+            if node is None or id(node) in found or self.is_layer(node):
+                continue
+            found.add(id(node))
+            if id(node) in self._sampler_ids:  # reached from its samples: only its coordinates, not the image
+                stack.append(node.input[_SAMPLERS[node.op_type]])
+            elif node.op_type not in _SHAPE_READERS:
+                stack.extend(name for name in node.input if name and name not in self.constants)
+
+    def walk_forward(self, sampler: onnx.NodeProto, found: set[int]) -> None:
+        """Add to ``found`` what combines ``sampler``'s samples up to the kernel's layer, with what
+        each of those nodes reads besides them."""
+        stack = list(sampler.output)
+        while stack:
+            for node in self.consumers.get(stack.pop(), []):
+                if self.is_layer(node) or node.op_type in _SHAPE_READERS or id(node) in found:
+                    continue
+                found.add(id(node))
+                self.walk_back(node.input, found)
+                stack.extend(node.output)
 
 
 def _constant_tensors(graph: onnx.GraphProto) -> dict[str, int]:

@@ -19,6 +19,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops.op_gather import Gather as _ReferenceGather
 from onnx.reference.ops.op_grid_sample import GridSample as _ReferenceGridSample
 
+from deform_conv2d_onnx_exporter.forms import FORMS, Form
+
 Pair = tuple[int, int]
 
 
@@ -153,6 +155,73 @@ def feeds(
     if case.mask:
         result["mask"] = rng.uniform(0, 1.5, (case.batch, case.offset_group * taps, oh, ow))
     return {k: v.astype(case.dtype) for k, v in result.items()}
+
+
+#: Every form a deformable convolution node can be written in, by name; then the custom ones.
+FORM_NAMES = [form.name for form in FORMS]
+CUSTOM_FORMS = [form.name for form in FORMS if form.domain]
+
+
+def fits(form_name: str, mask: bool, bias: bool, padding: Pair) -> tuple[bool, bool, Pair]:
+    """(mask, bias, padding) changed as little as needed for ``form_name``'s writer to write them:
+    mmcv's DCNv1 has neither mask nor bias, its DCNv2 always a mask, OpenVINO's no bias."""
+    form = _form(form_name)
+    if not form.domain:
+        return mask, bias, padding
+    if "mask" not in form.inputs:
+        return False, False, padding
+    if "bias" not in form.inputs:
+        return mask, False, padding
+    return True, bias, padding
+
+
+def in_form(model: onnx.ModelProto, form_name: str, opset: int | None = None) -> onnx.ModelProto:
+    """The model of :func:`build` with its node written as ``form_name``'s writer writes it.
+
+    The attributes follow the writers' symbolic functions: mmcv writes (h, w) pairs and, for
+    DCNv1, ``bias=0`` and ``im2col_step``; mmdeploy writes DCNv1's padding as (h, h, w, w);
+    mmdeploy's OpenVINO rewriter writes ``pads`` as (h, h, w, w), ``groups`` and ``kernel_shape``.
+
+    Args:
+        opset: the default-domain opset of the result; None keeps the model's.
+    """
+    form = _form(form_name)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    node = result.graph.node[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    roles = dict(zip(("input", "weight", "offset", "bias", "mask"), list(node.input) + ["", ""]))
+    inputs = [roles[role] for role in form.inputs]
+    assert all(roles[r] in ("", *inputs) for r in roles), f"{form_name} has no place for {roles}"
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    h, w, h_end, w_end = attrs["pads"]
+    assert (h, w) == (h_end, w_end), f"{form_name} pads symmetrically, got pads {attrs['pads']}"
+    names = form.names
+    written: dict[str, Any] = {
+        names["stride"]: attrs["strides"],
+        names["padding"]: {"pair": [h, w], "mmdeploy": [h, w], "openvino": [h, h, w, w]}[form.padding],
+        names["dilation"]: attrs["dilations"],
+        names.get("groups_alias", names["groups"]): attrs["group"],
+        names["offset_groups"]: attrs["offset_group"],
+    }
+    if "im2col_step" in form.fixed:
+        written.update(bias=0, im2col_step=32)
+    if form.kernel_shape:
+        written["kernel_shape"] = attrs["kernel_shape"]
+    if form_name == "mmdeploy::MMCVDeformConv2d":
+        written["padding"] = [h, h, w, w]
+    new = helper.make_node(form.op_type, inputs, list(node.output), name=node.name, **written)
+    new.domain = form.domain
+    node.CopyFrom(new)
+    default = opset or next(e.version for e in model.opset_import if e.domain == "")
+    del result.opset_import[:]
+    result.opset_import.extend([helper.make_opsetid("", default), helper.make_opsetid(form.domain, 1)])
+    return result
+
+
+def _form(name: str) -> Form:
+    return next(form for form in FORMS if form.name == name)
 
 
 class Gather(_ReferenceGather):

@@ -39,8 +39,8 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_info_lists_nodes_and_parameters(model_path: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", model_path]) == 0
     out = capsys.readouterr().out
-    assert "opset 19, 1 DeformConv node(s)" in out
-    assert "W       W: float (6, 2, 3, 3)" in out
+    assert "opset 19, 1 deformable convolution node(s)" in out
+    assert "weight  W: float (6, 2, 3, 3)" in out
     assert "offset  offset: float (?, 36, ?, ?)" in out
     assert "group=2" in out and "offset_group=2" in out and "pads=[1, 1, 1, 1]" in out
     assert "decomposes as: stride=(1, 1) padding=(1, 1)" in out
@@ -221,7 +221,7 @@ def _no_deformconv(path: Path) -> None:
     [
         (None, "cannot read {path}: no such file"),
         (lambda p: p.write_bytes(b"\x00not an onnx file\xff" * 3), "cannot read {path} as an ONNX model"),
-        (_no_deformconv, "has no DeformConv node"),
+        (_no_deformconv, "has no deformable convolution node"),
         (_unsupported_attribute, "unsupported attribute auto_pad"),
     ],
     ids=["missing", "garbage", "no-deformconv", "unsupported-attribute"],
@@ -259,9 +259,7 @@ def test_progress_for_many_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     onnx.save(model, path)
     assert main(["decompose", path, out_path]) == 0
     lines = capsys.readouterr().err.splitlines()
-    assert lines == [
-        f"[{i + 1}/{PROGRESS_FROM}] rewrote DeformConv {n.name!r}" for i, n in enumerate(model.graph.node)
-    ]
+    assert lines == [f"[{i + 1}/{PROGRESS_FROM}] rewrote {n.name!r}" for i, n in enumerate(model.graph.node)]
 
 
 def test_module_entry_point_needs_no_torch(model_path: str, tmp_path: Path) -> None:

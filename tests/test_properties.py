@@ -1,15 +1,16 @@
 """Property-based tests: every way of writing deform_conv2d to ONNX, on drawn calls, against torchvision.
 
 One strategy draws a call of a path (the legacy exporter, the dynamo exporter, or ``decompose_model``
-of a DeformConv model built with ``onnx.helper``): the lowering, the opset, the dtype, a static or
-symbolic batch (an empty one included) and image size, the configuration and adversarial data. One
-test per path runs it; each result is compared with torchvision's kernel and, where the installed
-ONNX Runtime has it, with its DeformConv running the ``onnx.helper`` model.
+of a model built with ``onnx.helper``, its node ONNX DeformConv or one of mmcv's, mmdeploy's and
+OpenVINO's operators): the lowering, the opset, the dtype, a static or symbolic batch (an empty one
+included) and image size, the configuration and adversarial data. One test per path runs it, and one
+per custom form and lowering; each result is compared with torchvision's kernel and, where the
+installed ONNX Runtime has it, with its DeformConv running the same call as ONNX DeformConv.
 
 The default profile ("ci", registered in conftest.py) runs a fixed, derandomised set, ``pytest
---hypothesis-profile=fuzz`` (``nox -s fuzz``) a random one: 60 or 500 examples of decompose_model, a
-third as many of the legacy exporter and a sixth of the dynamo exporter, whose exports take longer
-(:func:`budget`).
+--hypothesis-profile=fuzz`` (``nox -s fuzz``) a random one: 60 or 500 examples of decompose_model of
+DeformConv, a third as many of each custom form with each lowering and of the legacy exporter, and a
+sixth of the dynamo exporter, whose exports take longer (:func:`budget`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
-from onnx_models import NodeCase, build, onnxruntime_max_opset
+from onnx_models import CUSTOM_FORMS, NodeCase, build, fits, in_form, onnxruntime_max_opset
 from support import (
     LOWERINGS,
     ORT_EMPTY_BATCH_MATMUL,
@@ -43,10 +44,13 @@ from support import (
 )
 
 from deform_conv2d_onnx_exporter import decompose_model
+from deform_conv2d_onnx_exporter.lowering import LoweringOptions
 
 DTYPES = [torch.float32, torch.float64] + ([torch.float16] if TORCH.cpu_float16_matmul else [])
 #: ONNX DeformConv's versions; the model built with onnx.helper has one of them.
 DEFORMCONV_OPSETS = [19, 22]
+#: The opsets of the models with a custom form: mmcv and mmdeploy exported at 11 by default.
+CUSTOM_FORM_OPSETS = [11, 13, 17, 19]
 #: Lowerings every ONNX Runtime runs on an empty batch; older ones refuse the others' MatMul
 #: broadcast over it (README, "Limits").
 EMPTY_BATCH_LOWERINGS = {"gather_rows", "gathernd", "gatherelements", "native"}
@@ -62,12 +66,14 @@ class Call:
         lowering: ``lowering=`` of the path, ``"auto"`` included.
         opset: the exporter's ``opset_version``, or decompose_model's target opset; None leaves the
             exporter's default, or the DeformConv model's own.
-        model_opset: the opset of the DeformConv model built with onnx.helper, which decompose_model
-            rewrites and ONNX Runtime's DeformConv runs as the second reference.
+        model_opset: the opset of the model built with onnx.helper, which decompose_model rewrites
+            and, in ``form`` DeformConv, ONNX Runtime's DeformConv runs as the second reference.
         dtype: of the inputs, the weight and the bias.
         symbolic_batch, symbolic_size: whether the model's batch, and its height and width, are
             symbolic; a symbolic model is written from an example of another batch and size.
         case: the configuration; ``case.batch`` is the batch the model runs on (0: empty).
+        form: the operator decompose_model reads (:data:`onnx_models.FORM_NAMES`); the second
+            reference runs it as ONNX DeformConv at opset 19 or higher.
     """
 
     path: str
@@ -78,6 +84,7 @@ class Call:
     symbolic_batch: bool
     symbolic_size: bool
     case: Case
+    form: str = "DeformConv"
 
     @property
     def node_case(self) -> NodeCase:
@@ -111,7 +118,8 @@ def _opsets(path: str, lowering: str, dtype: torch.dtype, model_opset: int) -> l
         return list(range(lowest, min(TORCH.legacy_max_opset, highest) + 1))
     if path == "dynamo":
         return [opset for opset in (None, 18) if (opset or TORCH.dynamo_default_opset) >= lowest] or [lowest]
-    own = [None] if lowest <= model_opset <= highest else []
+    # decompose_model's default: the model's own opset, raised to the lowest the lowering needs
+    own = [None] if lowest <= max(model_opset, LoweringOptions(lowering).min_opset()) <= highest else []
     return own + list(range(lowest, highest + 1))
 
 
@@ -145,23 +153,28 @@ def configurations(draw: st.DrawFn) -> Case:
 
 
 @st.composite
-def calls(draw: st.DrawFn, path: str) -> Call:
-    """Calls of ``path`` that the installed torch and ONNX Runtime can write and run."""
+def calls(draw: st.DrawFn, path: str, form: str = "DeformConv", lowering: Optional[str] = None) -> Call:
+    """Calls of ``path`` that the installed torch and ONNX Runtime can write and run; for
+    decompose_model, of a model in ``form``, and with ``lowering`` where given."""
     # an ONNX Runtime older than DeformConv's opset runs only the rewritten model, at a lower opset
-    runnable = [o for o in DEFORMCONV_OPSETS if o <= onnxruntime_max_opset()] or DEFORMCONV_OPSETS[:1]
+    opsets = DEFORMCONV_OPSETS if form == "DeformConv" else CUSTOM_FORM_OPSETS
+    runnable = [o for o in opsets if o <= onnxruntime_max_opset()] or opsets[:1]
     model_opset = draw(st.sampled_from(runnable))
-    lowering = draw(
-        st.sampled_from(
-            [lowering for lowering in ["auto", *LOWERINGS] if missing_path(path, lowering) is None]
+    if lowering is None:
+        lowering = draw(
+            st.sampled_from(
+                [lowering for lowering in ["auto", *LOWERINGS] if missing_path(path, lowering) is None]
+            )
         )
-    )
     dtype = draw(st.sampled_from([d for d in DTYPES if _opsets(path, lowering, d, model_opset)]))
     opset = draw(st.sampled_from(_opsets(path, lowering, dtype, model_opset)))
     symbolic_batch, symbolic_size = draw(st.booleans()), draw(st.booleans())
     empty = symbolic_batch and (ORT_EMPTY_BATCH_MATMUL or lowering in EMPTY_BATCH_LOWERINGS)
     batch = draw(st.integers(0 if empty else 1, 3))
     case = draw(configurations()).with_(batch=batch)
-    return Call(path, lowering, opset, model_opset, dtype, symbolic_batch, symbolic_size, case)
+    mask, bias, padding = fits(form, case.mask, case.bias, case.padding)
+    case = case.with_(mask=mask, bias=bias, padding=padding)
+    return Call(path, lowering, opset, model_opset, dtype, symbolic_batch, symbolic_size, case, form)
 
 
 @dataclass(frozen=True)
@@ -235,7 +248,9 @@ def write(
     """The call written to ONNX by its path. A symbolic model is exported from an example of batch 2
     and a larger image, so that it runs on ``inputs`` only if those sizes stayed symbolic."""
     if call.path == "decompose":
-        return decompose_model(deform_conv, call.opset, call.lowering).model.SerializeToString()
+        custom = call.form != "DeformConv"
+        source = in_form(deform_conv, call.form, call.model_opset) if custom else deform_conv
+        return decompose_model(source, call.opset, call.lowering).model.SerializeToString()
     c = call.case
     example = make_inputs(
         c,
@@ -277,21 +292,28 @@ def budget(share: float) -> settings:
 
 def check(call: Call, data: Data) -> None:
     """The call written to ONNX and run on ONNX Runtime gives torchvision's output, and ONNX Runtime's
-    DeformConv's where it has one."""
+    DeformConv's where it has one; in float16, float64 arithmetic's."""
     inputs = data.inputs(call.case, call.dtype)
     names = input_names(call.case)
-    deform_conv = build(call.node_case, call.model_opset)
+    deform_conv = build(call.node_case, max(call.model_opset, DEFORMCONV_OPSETS[0]))
     module = torchvision_call(call, deform_conv)
     model = write(call, deform_conv, module, inputs)
     got = run(model, names, inputs)
 
+    if call.dtype == torch.float16:
+        # torchvision's float16 CPU kernel rounds at every step (0.2 off float64 arithmetic on a
+        # 37-row image, measured), the graph samples in float32 and rounds once: judge it against
+        # float64 arithmetic on the same float16 inputs, within float16's tolerance.
+        exact = copy.deepcopy(module).double()(*(t.double() for t in inputs)).detach()
+        assert_matches(got, exact.half(), call.dtype, "float64 arithmetic's")
+        return
     references = {"torchvision's": module(*inputs).detach().numpy()}
-    if ORT_HAS_DEFORMCONV and call.dtype != torch.float16:  # its CPU DeformConv: float and double
+    if ORT_HAS_DEFORMCONV:  # its CPU DeformConv: float and double
         references["onnxruntime DeformConv's"] = run(deform_conv.SerializeToString(), names, inputs)
     ops = {node.op_type for node in onnx.load_from_string(model).graph.node}
     # GridSample and DeformConv compute the float32 sampling point their own way: judge them
     # against float64 arithmetic, allowing 3x each reference's own error there. The gather
-    # lowerings repeat torchvision's arithmetic, and float64 and float16 leave room for either.
+    # lowerings repeat torchvision's arithmetic, and float64 leaves room for either.
     if call.dtype == torch.float32 and ops & {"GridSample", "DeformConv"}:
         exact = copy.deepcopy(module).double()(*(t.double() for t in inputs)).detach().numpy()
         for against, reference in references.items():
@@ -324,4 +346,21 @@ def test_dynamo_exporter(call: Call, data: Data) -> None:
 @budget(1)
 @given(call=calls("decompose"), data=data())
 def test_decompose_model(call: Call, data: Data) -> None:
+    check(call, data)
+
+
+@pytest.mark.parametrize("lowering", ["auto", *LOWERINGS])
+@pytest.mark.parametrize("form", CUSTOM_FORMS)
+@budget(1 / 3)
+@given(draw=st.data(), data=data())
+def test_decompose_model_of_each_custom_form(
+    form: str, lowering: str, draw: st.DataObject, data: Data
+) -> None:
+    """Every custom form with every lowering: its own drawn calls (20 in CI, 167 in ``nox -s fuzz``)."""
+    if missing_path("decompose", lowering) is not None:
+        pytest.fail(f"this ONNX Runtime cannot run {lowering}: {missing_path('decompose', lowering)}")
+    call = draw.draw(calls("decompose", form, lowering))
+    # what was drawn, for --hypothesis-show-statistics
+    sizes = "symbolic" if call.symbolic_batch or call.symbolic_size else "static"
+    event(f"{str(call.dtype).removeprefix('torch.')}, {sizes} sizes")
     check(call, data)

@@ -92,7 +92,7 @@ def test_target_opset_is_converted() -> None:
 def test_no_deformconv_is_refused() -> None:
     model = build(NodeCase())
     model.graph.node[0].op_type = "Conv"
-    with pytest.raises(DeformConvExportError, match="no DeformConv node"):
+    with pytest.raises(DeformConvExportError, match="no deformable convolution node"):
         decompose_model(model)
 
 
