@@ -27,8 +27,11 @@ ENTRY_POINTS = [
     "decompose_model",
     "decompose_model, symbolic sizes",
 ]
-#: The lowerings whose positions are integers: safe in half precision (README, "Precision").
-HALF_SAFE = ["gather_rows", "gathernd", "gatherelements"]
+#: The other lowerings whose positions are integers (gather_rows is the default): safe in half
+#: precision (README, "Precision"). Their coordinates are the default's; the sizes where positions
+#: are largest suffice.
+HALF_SAFE = ["gathernd", "gatherelements"]
+LARGE_SIZES = ["1024", "32x2048"]
 #: The lowerings that pass positions through floats: README gives their error instead.
 NOT_HALF_SAFE = ["grid_sample", "grid_sample_ncnn"]
 
@@ -67,27 +70,29 @@ def default_export(entry: str, size: str) -> onnx.ModelProto:
         finally:
             dce.unregister_deform_conv2d_onnx_op()
     if entry == "create_deform_conv2d_custom_op":
-        return _torch_export(
-            model, x, dynamo=True, custom_translation_table=dce.create_deform_conv2d_custom_op()
-        )
+        table = {torch.ops.torchvision.deform_conv2d.default: dce.create_deform_conv2d_custom_op()}
+        return _torch_export(model, x, dynamo=True, custom_translation_table=table)
     return dce.decompose_model(_native(size, symbolic=entry.endswith("symbolic sizes"))).model
 
 
-def _error_over_floor(model: onnx.ModelProto, size: str, pipeline: Pipeline, keep: list[str] = ()) -> float:
-    out, half = pipeline.run(model, make_input(size), keep)
+def _error_over_floor(model: onnx.ModelProto, size: str, pipeline: Pipeline, symbolic: bool = False) -> float:
+    """The pipeline's error on ``model`` over the floor; OpenVINO leaves a convolution's bias apart
+    in a model with ``symbolic`` sizes, whose floor counts that rounding (half_precision.py)."""
+    out, half = pipeline.run(model, make_input(size))
     ref = reference(size)
-    return ref.error(out) / ref.floor[half]
+    return ref.error(out) / ref.floor[half, symbolic and pipeline.openvino is not None]
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES, ids=[p.name for p in PIPELINES])
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_default_export_within_twice_the_floor(entry: str, size: str, pipeline: Pipeline) -> None:
-    assert _error_over_floor(default_export(entry, size), size, pipeline) <= BOUND
+    symbolic = entry.endswith("symbolic sizes")
+    assert _error_over_floor(default_export(entry, size), size, pipeline, symbolic) <= BOUND
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES, ids=[p.name for p in PIPELINES])
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", LARGE_SIZES)
 @pytest.mark.parametrize("lowering", HALF_SAFE)
 def test_half_safe_lowering_within_twice_the_floor(lowering: str, size: str, pipeline: Pipeline) -> None:
     model = dce.decompose_model(_native(size, symbolic=False), lowering=lowering).model
@@ -97,12 +102,10 @@ def test_half_safe_lowering_within_twice_the_floor(lowering: str, size: str, pip
 @pytest.mark.parametrize("pipeline", PIPELINES, ids=[p.name for p in PIPELINES])
 @pytest.mark.parametrize("lowering", NOT_HALF_SAFE)
 def test_grid_sample_is_not_half_safe_at_1024(lowering: str, pipeline: Pipeline) -> None:
-    """What README says of the GridSample lowerings: far above the floor at 1024x1024 wherever the
-    arithmetic really is half precision (OpenVINO's); ONNX Runtime's CPU provider computes
-    GridSample's coordinates in float32 and passes."""
+    """What README says of the GridSample lowerings: far above the floor at 1024x1024 in every
+    pipeline, ONNX Runtime's CPU provider included (the converted graph holds the grid in fp16)."""
     model = dce.decompose_model(_native("1024", symbolic=False), lowering=lowering).model
-    ratio = _error_over_floor(model, "1024", pipeline)
-    assert (ratio > BOUND) == (pipeline.openvino is not None)
+    assert _error_over_floor(model, "1024", pipeline) > 5 * BOUND
 
 
 @pytest.mark.parametrize("pipeline", [p for p in PIPELINES if p.converter is None], ids=lambda p: p.name)
@@ -115,4 +118,4 @@ def test_half_model_export_within_twice_the_floor(size: str, pipeline: Pipeline)
     dce.export(model, (x,), buffer, input_names=["x"])
     out, half = pipeline.run(onnx.load_from_string(buffer.getvalue()), make_input(size).astype(np.float16))
     ref = reference(size)
-    assert ref.error(out) / ref.floor[half] <= BOUND
+    assert ref.error(out) / ref.floor[half, False] <= BOUND
