@@ -1,5 +1,6 @@
 """Sessions: ``tests`` (ruff, mypy, pytest on torch 2.14.1), ``matrix`` (the test suite on each other
-torch release), ``support_table``, ``sweep`` (the full sweep), ``bench``, ``fuzz`` (500
+torch release), ``precision`` (the half-precision pipelines), ``support_table``, ``sweep`` (the full
+sweep), ``bench``, ``fuzz`` (500
 property-based examples), ``plain_install`` (a new environment with the package alone: no torch,
 a working command line), and two runtimes that need environments of their own, without torch:
 ``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``; ``toolchain`` puts exported models
