@@ -43,8 +43,8 @@ _NCNN = Documented(
     r"layers pnnx left without an ncnn equivalent: .*torch\.where",
 )
 _TRACT = Documented(
-    "tract cannot prove the padded input's Reshape volume with symbolic sizes; "
-    "workaround: static sizes (onnxsim overwrite_input_shapes) or grid_sample",
+    "tract cannot prove the padded input's Reshape volume with symbolic sizes (gather lowerings, the "
+    "default among them); workaround: static sizes (onnxsim overwrite_input_shapes) or grid_sample",
     r"Reshape volume mismatch",
 )
 
@@ -53,8 +53,9 @@ _TRACT = Documented(
 DOCUMENTED: dict[tuple[str, str], Documented] = {
     **{("pnnx-ncnn", variant.name): _NCNN for variant in VARIANTS if variant.lowering != "grid_sample_ncnn"},
     **{
-        ("tract", variant): _TRACT
-        for variant in ("dynamo-gathernd", "legacy13", "gather_rows", "gathernd", "gatherelements")
+        ("tract", variant.name): _TRACT
+        for variant in VARIANTS
+        if variant.dynamic and not variant.lowering.startswith("grid_sample")
     },
     ("onnx2tf-tflite", "legacy17-static-square"): Documented(
         "onnx2tf cannot tell the layout of the second block's (1, 16, 16, 16) output and converts "
