@@ -45,7 +45,7 @@ _NCNN = Documented(
 _TRACT = Documented(
     "tract cannot prove the padded input's Reshape volume with symbolic sizes (gather lowerings, the "
     "default among them); workaround: static sizes (onnxsim overwrite_input_shapes) or grid_sample",
-    r"Reshape volume mismatch",
+    r"Reshape volume mismatch|Undetermined symbol in expression",
 )
 
 #: (tool, variant) -> the documented failure. An error must match its message (another error
@@ -58,19 +58,24 @@ DOCUMENTED: dict[tuple[str, str], Documented] = {
         if variant.dynamic and not variant.lowering.startswith("grid_sample")
     },
     ("onnx2tf-tflite", "legacy17-static-square"): Documented(
-        "onnx2tf cannot tell the layout of the second block's (1, 16, 16, 16) output and converts "
-        "it wrong; workaround: convert at an input size where no such tensor has C = H = W",
-        None,
+        "onnx2tf cannot tell the layout of the second block's (1, 16, 16, 16) output and fails on "
+        "the bilinear weights after it; workaround: convert at an input size where no such tensor "
+        "has C = H = W",
+        r"Output tensors of a Functional model must be the output of a TensorFlow `Layer`",
     ),
-    ("onnx2tf-tflite", "decomposed-gather_rows-static-b2"): Documented(
-        "onnx2tf's accuracy check cannot run its TensorFlow graph up to the second block's first "
-        "coordinate Add and reads None; workaround: the grid_sample lowering (variant 'decomposed')",
-        r"has no attribute 'shape'",
-    ),
-    ("onnxslim", "dynamo-gathernd"): Documented(
-        "onnxslim's shape inference removes the Reshape before the kernel MatMul; workaround: fixed "
-        "input shapes, or onnxsim",
-        r"Incompatible dimensions for matrix multiplication",
+    **{
+        ("onnx2tf-tflite", variant): Documented(
+            "onnx2tf converts the gather lowerings' batch-2 row indices so that TFLite reads out of "
+            "bounds; workaround: convert at batch 1, or lowering='grid_sample'",
+            r"gather index out of bounds",
+        )
+        for variant in ("dynamo-static-b2", "decomposed-gather_rows-static-b2")
+    },
+    ("ort-quant-pre-process", "dynamo-gathernd"): Documented(
+        "ONNX Runtime's symbolic shape inference gives up on GatherND's output with symbolic sizes "
+        "(unsupported broadcast); workaround: quant_pre_process(skip_symbolic_shape=True), or the "
+        "default lowering",
+        r"Incomplete symbolic shape inference",
     ),
     ("ort-quantize-static-qdq", "dynamo-gathernd"): Documented(
         "quantized coordinates move a gather index out of the image; workaround: "
