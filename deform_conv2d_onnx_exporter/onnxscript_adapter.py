@@ -82,8 +82,8 @@ def create_deform_conv2d_custom_op(
             ``gatherelements``; None (default) leaves the choice to ``lowering``.
         enable_openvino_patch: accepted for 1.x compatibility; changes nothing, as every
             shape in the graph is explicit (what the 1.x patch did after GatherND).
-        lowering: ``"auto"`` (default: ``grid_sample`` for float32 and float16 at opset >= 16,
-            else ``gather_rows``), ``"grid_sample"``, ``"grid_sample_ncnn"``, ``"gather_rows"``,
+        lowering: ``"auto"`` (default: ``gather_rows``, whose positions are integers and so
+            exact after an fp16 conversion), ``"grid_sample"``, ``"grid_sample_ncnn"``, ``"gather_rows"``,
             ``"gathernd"``, ``"gatherelements"``, or ``"native"`` (ONNX DeformConv, opset >= 19, for runtimes
             that have it). See README, "Lowerings".
 
