@@ -37,6 +37,11 @@ nox.options.envdir = os.environ.get(
 )
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
+# pip's and npm's download caches beside the environments, not in the user's home: the test
+# command writes nothing outside the clone and this folder (and its caches are reused the same way).
+_CACHES = os.path.join(os.path.dirname(os.path.abspath(nox.options.envdir)), "download-caches")
+os.environ.setdefault("PIP_CACHE_DIR", os.path.join(_CACHES, "pip"))
+os.environ.setdefault("npm_config_cache", os.path.join(_CACHES, "npm"))
 
 RESULTS = os.path.join("tools", "matrix-results", "last-run")
 
