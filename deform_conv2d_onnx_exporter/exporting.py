@@ -89,16 +89,12 @@ def export(
     grad_mode = torch.no_grad() if no_grad else contextlib.nullcontext()
     with _our_error_lifted(), _no_partial_files(f) as remove_partial_files, grad_mode:
         if exporter == "dynamo":
-            result, fallback_warning = _export_dynamo_or_legacy(
+            return _export_dynamo_or_legacy(
                 request,
                 custom_translation_table,
                 fallback=dynamo is None,
                 before_fallback=remove_partial_files,
             )
-            if fallback_warning is not None:
-                # given here, so that stacklevel 2 names the caller's line
-                warnings.warn(fallback_warning, DeformConvWarning, stacklevel=2)
-            return result
         if custom_translation_table:
             raise ValueError(
                 "custom_translation_table: expected None on the legacy exporter (dynamo=False), "
@@ -126,7 +122,7 @@ def _export_dynamo_or_legacy(
     *,
     fallback: bool,
     before_fallback: Callable[[], None],
-) -> tuple[Any, Optional[str]]:
+) -> Any:
     """The dynamo exporter; if ``fallback`` and it fails for a reason not ours, the legacy one.
 
     No fallback with a ``custom_translation_table`` (the legacy exporter cannot use it), for our
@@ -138,13 +134,9 @@ def _export_dynamo_or_legacy(
     shown as it was when the export succeeds or fails without a fallback, logged at DEBUG when the
     legacy exporter takes over (a failed ``torch.export`` prints dozens of lines of graph dumps,
     which the user did not ask for and need not read). So are the legacy exporter's TracerWarnings.
-
-    Returns:
-        What ``torch.onnx.export`` returned, and the warning to give when the legacy exporter
-        took over (None when it did not).
     """
     if not fallback or custom_translation_table or not _torch_compat.has_legacy_exporter():
-        return _export_dynamo(request, custom_translation_table), None
+        return _export_dynamo(request, custom_translation_table)
     dynamo_output = _HeldBack()
     try:
         with dynamo_output.holding():
@@ -156,13 +148,25 @@ def _export_dynamo_or_legacy(
         _log.debug("the dynamo exporter failed; its output:\n%s", dynamo_output.text(), exc_info=error)
         before_fallback()
         result = _export_legacy_holding_tracer_warnings(request)
-        return result, (
+        warnings.warn(
             f"export: the dynamo exporter failed ({_summary(error)}); exported with the legacy exporter "
             f"instead, whose trace keeps the branches the example input takes. dynamo=True raises the "
-            f"dynamo exporter's error; torch's output is logged at DEBUG (logger {_PACKAGE_LOGGER!r})"
+            f"dynamo exporter's error; torch's output is logged at DEBUG (logger {_PACKAGE_LOGGER!r})",
+            DeformConvWarning,
+            stacklevel=_stacklevel_of_the_caller(),
         )
+        return result
     dynamo_output.show()
-    return result, None
+    return result
+
+
+def _stacklevel_of_the_caller() -> int:
+    """The ``stacklevel`` that makes a warning given by the calling function name the first line
+    outside this module: the user's call of :func:`export`, however deep the call was made."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _export_legacy_holding_tracer_warnings(request: _Request) -> Any:
