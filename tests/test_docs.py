@@ -149,8 +149,3 @@ def test_install_lines_install_this_package() -> None:
                 assert not from_the_index, f"{path.name}, line {block.line}: {command.strip()}"
                 from_the_clone += any(name.startswith(".") for name in names)
     assert from_the_clone, "no install line installs from the clone"
-
-
-def test_readme_test_command_is_the_one_ci_runs() -> None:
-    (command,) = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("nox ")]
-    assert command in (ROOT / "README.md").read_text()
