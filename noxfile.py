@@ -1,10 +1,11 @@
 """Sessions: ``tests`` (ruff, mypy, pytest on torch 2.14.1), ``matrix`` (the test suite on each other
 torch release), ``precision`` (the half-precision pipelines), ``support_table``, ``sweep`` (the full
 sweep), ``bench``, ``fuzz`` (500
-property-based examples), ``plain_install`` (a new environment with the package alone: no torch,
-a working command line), and two runtimes that need environments of their own, without torch:
-``ort_without_deformconv`` (onnxruntime 1.24.4) and ``openvino``; ``toolchain`` puts exported models
-through the deployment tools users run next (``TOOLCHAIN``).
+property-based examples), ``build`` (the wheel and sdist, checked, and the wheel alone installed on
+each Python version pyproject.toml claims: no torch, a working command line), and two runtimes that
+need environments of their own, without torch: ``ort_without_deformconv`` (onnxruntime 1.24.4) and
+``openvino``; ``toolchain`` puts exported models through the deployment tools users run next
+(``TOOLCHAIN``; it installs Debian packages only when ``DCE_ALLOW_APT=1`` allows it).
 
 Environments live outside the clone (``$DCE_NOX_ENVDIR``, by default
 ``~/.cache/deform_conv2d_onnx_exporter/nox``) and are reused: each holds a full torch, several GB,
@@ -17,12 +18,16 @@ tracked by git); ``nox -s support_table`` checks README's support table and the 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import tomllib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,6 +38,11 @@ nox.options.envdir = os.environ.get(
 )
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
+# pip's and npm's download caches beside the environments, not in the user's home: the test
+# command writes nothing outside the clone and this folder (and its caches are reused the same way).
+_CACHES = os.path.join(os.path.dirname(os.path.abspath(nox.options.envdir)), "download-caches")
+os.environ.setdefault("PIP_CACHE_DIR", os.path.join(_CACHES, "pip"))
+os.environ.setdefault("npm_config_cache", os.path.join(_CACHES, "npm"))
 
 RESULTS = os.path.join("tools", "matrix-results", "last-run")
 
@@ -222,29 +232,83 @@ _NO_TORCH = (
 )
 
 
+def _claimed_pythons() -> list[str]:
+    """The Python versions pyproject.toml's classifiers claim ("3.9", ...), which ``build`` tests."""
+    with open("pyproject.toml", "rb") as file:
+        classifiers = tomllib.load(file)["project"]["classifiers"]
+    prefix = "Programming Language :: Python :: "
+    return [c[len(prefix) :] for c in classifiers if re.fullmatch(re.escape(prefix) + r"3\.\d+", c)]
+
+
+def _interpreter(version: str) -> Optional[str]:
+    """A ``python<version>`` that runs: on PATH, or else one that pyenv installed.
+
+    pyenv's shims are on PATH for every version it has, but run only the versions it selects, so
+    each candidate is tried.
+    """
+    pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = [shutil.which(f"python{version}")]
+    found += sorted(glob.glob(os.path.join(pyenv, "versions", f"{version}.*", "bin", f"python{version}")))
+    for python in filter(None, found):
+        if subprocess.run([python, "--version"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
 @nox.session(python="3.11", reuse_venv=False)
-def plain_install(session: nox.Session) -> None:
-    """``pip install deform_conv2d_onnx_exporter`` (from this clone) in a new environment: no torch
-    comes with it, ``decompose`` and ``info`` work, and ``demo`` and ``verify`` (without
-    onnxruntime) say in one line which extra they need."""
-    session.install(".")
-    session.run("python", "-c", _NO_TORCH)
+def build(session: nox.Session) -> None:
+    """The release files: wheel and sdist built (``python -m build``) and checked (``twine check``,
+    no tests in the sdist); then the wheel installed, as ``pip install deform_conv2d_onnx_exporter``
+    will install it, in a new environment on each Python version pyproject.toml claims: no torch
+    comes with it, ``--version``, ``info`` and ``decompose`` work, and ``demo`` and ``verify``
+    (without onnxruntime) say in one line which extra they need."""
+    versions = _claimed_pythons()
+    interpreters = {version: _interpreter(version) for version in versions}
+    missing = [version for version, python in interpreters.items() if python is None]
+    if missing:
+        session.error(
+            f"build: no interpreter for Python {', '.join(missing)} (claimed in pyproject.toml's "
+            "classifiers): put python3.X on PATH, or install it with pyenv"
+        )
+    session.install("build>=1.2", "twine>=6", "onnx>=1.17")
     tmp = session.create_tmp()
-    model, out = os.path.join(tmp, "dcn.onnx"), os.path.join(tmp, "out.onnx")
+    dist = os.path.join(tmp, "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", dist)
+    wheel, sdist = (glob.glob(os.path.join(dist, pattern))[0] for pattern in ("*.whl", "*.tar.gz"))
+    session.run("twine", "check", "--strict", wheel, sdist)
+    with tarfile.open(sdist) as archive:
+        tests = [name for name in archive.getnames() if "/tests/" in name or name.endswith("noxfile.py")]
+    if tests:
+        session.error(f"build: the sdist ships tests it cannot run without the repository: {tests}")
+    model = os.path.join(tmp, "dcn.onnx")
     session.run(
         "python",
         "-c",
         "import sys; sys.path.insert(0, 'tests'); import onnx, onnx_models; "
         f"onnx.save(onnx_models.build(onnx_models.NodeCase()), {model!r})",
     )
-    session.run("deform-conv2d-onnx", "--version")
-    session.run("deform-conv2d-onnx", "info", model)
-    session.run("deform-conv2d-onnx", "decompose", model, out)
-    for command, extra in ((["demo"], "torch"), (["verify", out, "--reference", model], "ort")):
-        output = session.run("deform-conv2d-onnx", *command, success_codes=[1], silent=True)
+    for version, python in interpreters.items():
+        session.log(f"Python {version}: {python}")
+        venv = os.path.join(tmp, f"python{version}")
+        session.run(str(python), "-m", "venv", "--clear", venv, external=True)
+        bindir = os.path.join(venv, "bin")
+        session.run(os.path.join(bindir, "python"), "-m", "pip", "install", "--quiet", wheel, external=True)
+        _check_command_line(session, bindir, model, os.path.join(tmp, "out.onnx"))
+
+
+def _check_command_line(session: nox.Session, bindir: str, model: str, out: str) -> None:
+    """The torch-free command line of the environment ``bindir``, on the DeformConv ``model``."""
+    session.run(os.path.join(bindir, "python"), "-c", _NO_TORCH, external=True)
+    command = os.path.join(bindir, "deform-conv2d-onnx")
+    session.run(command, "--version", external=True)
+    session.run(command, "info", model, external=True)
+    session.run(command, "decompose", model, out, external=True)
+    for arguments, extra in ((["demo"], "torch"), (["verify", out, "--reference", model], "ort")):
+        output = session.run(command, *arguments, success_codes=[1], silent=True, external=True)
         expected = f"deform_conv2d_onnx_exporter[{extra}]"
         if not isinstance(output, str) or output.count("\n") != 1 or expected not in output:
-            session.error(f"{command[0]}: expected one line naming {expected}, got {output!r}")
+            session.error(f"{arguments[0]}: expected one line naming {expected}, got {output!r}")
         session.log(output.strip())
 
 
@@ -294,7 +358,7 @@ def precision(session: nox.Session) -> None:
 #: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own, because onnx2tf
 #: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web and the
 #: browser driver (puppeteer 24: 25 needs node 22), in a folder outside the clone. "apt": Debian's
-#: browser the web runtime runs in, and node.
+#: browser the web runtime runs in, and node, installed only with ``DCE_ALLOW_APT=1``.
 TOOLCHAIN = {
     "python": [
         "onnxsim==0.8.1",
@@ -393,14 +457,26 @@ def _install_npm(session: nox.Session, folder: str) -> str:
     return node
 
 
+#: Set to 1 to let ``toolchain`` install ``TOOLCHAIN["apt"]`` system-wide (``.ci/run`` does in CI).
+ALLOW_APT = "DCE_ALLOW_APT"
+
+
 def _install_apt(session: nox.Session) -> None:
+    """Debian's chromium and npm, which the session needs: there already, or installed on request.
+
+    The only step of the test command that changes the machine outside the clone and the nox
+    cache, so it runs only when ``DCE_ALLOW_APT=1`` asks for it, and before anything else.
+    """
     if os.path.exists("/usr/bin/chromium") and shutil.which("npm"):
         return
-    if os.geteuid() != 0:
+    install = f"apt-get install {' '.join(TOOLCHAIN['apt'])}"
+    if os.environ.get(ALLOW_APT) != "1":
         session.error(
-            "toolchain: needs Debian's chromium (/usr/bin/chromium) and npm: "
-            f"run `apt-get install {' '.join(TOOLCHAIN['apt'])}` as root"
+            "toolchain: needs Debian's chromium (/usr/bin/chromium) and npm: run "
+            f"`{install}` as root, or set {ALLOW_APT}=1 to let this session run it"
         )
+    if os.geteuid() != 0:
+        session.error(f"toolchain: {ALLOW_APT}=1 needs root to run `{install}`")
     session.run_install("apt-get", "update", "-qq", external=True)
     session.run_install(
         "apt-get",
@@ -421,10 +497,10 @@ def toolchain(session: nox.Session) -> None:
     Prints the tool x variant table and writes it to ``toolchain-tools/table.md`` beside the nox
     environments; extra arguments go to pytest.
     """
+    _install_apt(session)  # first: a missing system package stops the session before its downloads
     _install(session, DEV, "torch,test")
     session.install(*TOOLCHAIN["python"], *DEV.pins(), env={"PIP_NO_CACHE_DIR": "1"})
     folder = _toolchain_folder(session)
-    _install_apt(session)
     env = {
         "DCE_ONNX2TF_PYTHON": _install_onnx2tf(session, folder),
         "DCE_NODE_MODULES": os.path.join(_install_npm(session, folder), "node_modules"),

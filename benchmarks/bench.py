@@ -311,7 +311,7 @@ def print_table(shape: Shape, rows: list[Row]) -> None:
 
 
 def markdown_row(shape: Shape, rows: list[Row]) -> str:
-    """The shape's line of the README's table: ratios to native, wall clock unless said."""
+    """The shape's line of docs/speed.md's table: ratios to native, wall clock unless said."""
     by_name = {r.name: r for r in rows}
     native = by_name["native"]
 
@@ -345,7 +345,7 @@ def main() -> int:
     parser.add_argument("--shapes", type=int, nargs="*", help="indices into SHAPES (default: all)")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--lowerings", nargs="*", help="default: every decomposition")
-    parser.add_argument("--markdown", action="store_true", help="also print the README's table")
+    parser.add_argument("--markdown", action="store_true", help="also print docs/speed.md's table")
     parser.add_argument("--peak", nargs=2, metavar=("MODEL", "INPUTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak:

@@ -14,17 +14,16 @@ The torch entry points are imported on first use, so that rewriting ONNX files w
 (a plain ``pip install deform_conv2d_onnx_exporter``; the exporters need the extra ``[torch]``).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+# Imports under private names (and no ``from __future__``): the namespace holds the public API only.
+import importlib as _importlib
+import typing as _typing
 
 from .params import DeformConvExportError
 from .rewrite import Decomposed, decompose_model
 from .sampling import sampling_nodes
-from .versions import missing_extra_message
+from .versions import missing_extra_message as _missing_extra_message
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .exporting import export
     from .onnxscript_adapter import create_deform_conv2d_custom_op
     from .torchscript_adapter import (
@@ -57,14 +56,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name not in _NEEDS_TORCH:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        module = importlib.import_module(_NEEDS_TORCH[name], __name__)
+        module = _importlib.import_module(_NEEDS_TORCH[name], __name__)
     except ModuleNotFoundError as error:
-        message = missing_extra_message(f"{__name__}.{name}", error)
+        message = _missing_extra_message(f"{__name__}.{name}", error)
         if message is None:
             raise
         raise ModuleNotFoundError(message, name=error.name) from None
     return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    # The public API, including the names that need torch and are imported on first use.
+    return sorted([*__all__, "__version__"])

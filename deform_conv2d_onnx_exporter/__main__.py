@@ -84,11 +84,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_verify_command(commands: Any) -> None:
     """The ``verify`` subcommand and its options."""
-    verify = commands.add_parser(
-        "verify",
-        help="run a model on ONNX Runtime and ONNX's reference evaluator with random inputs and "
-        "print the max error against a model with native DeformConv",
+    summary = (
+        "run a model on ONNX Runtime with random inputs and print the max error against a model with "
+        "native DeformConv; ONNX's reference evaluator runs it too where that takes seconds (up to "
+        f"{verify_module.REFERENCE_EVALUATOR_MAX_SAMPLES:,} bilinear samples; --reference-evaluator: more)"
     )
+    verify = commands.add_parser("verify", help=summary, description=summary)
     verify.add_argument("model", help="a decomposed model, or a model with DeformConv (decomposed in memory)")
     verify.add_argument(
         "--reference",
@@ -112,8 +113,9 @@ def _add_verify_command(commands: Any) -> None:
     verify.add_argument(
         "--reference-evaluator",
         action="store_true",
-        help="also run ONNX's reference evaluator on a model too large for it to take "
-        "seconds (by default it runs only on small ones)",
+        help="also run ONNX's reference evaluator on a model above "
+        f"{verify_module.REFERENCE_EVALUATOR_MAX_SAMPLES:,} bilinear samples, where it takes more than "
+        "seconds (by default it runs only on smaller ones)",
     )
     _add_lowering_arguments(verify)
     verify.set_defaults(run=_verify)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import logging
 import os
+import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -18,6 +22,13 @@ from .params import DeformConvExportError
 from .torchscript_adapter import DeformConvWarning
 
 TranslationTable = Mapping[Callable[..., Any], Callable[..., Any]]
+
+_log = logging.getLogger(__name__)
+#: The logger a user sets to DEBUG to see what the fallback held back (its parent).
+_PACKAGE_LOGGER = __name__.rpartition(".")[0]
+
+#: Terminal colour codes (``ESC[96m``) in torch's error messages.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def export(
@@ -38,7 +49,8 @@ def export(
     The exporter is the one ``torch.onnx.export`` of the installed torch uses by default (legacy
     before torch 2.9, dynamo from 2.9), unless ``dynamo`` says otherwise. When the default dynamo
     exporter fails for a reason other than deform_conv2d (``torch.export`` refuses much Python
-    control flow), the export is retried with the legacy exporter, with one warning. On the legacy
+    control flow), the export is retried with the legacy exporter, with one warning line (torch's
+    output from the failed attempt is logged at DEBUG by this module's logger). On the legacy
     path the symbolic is registered only for the duration of the call, and any registration made
     before with :func:`register_deform_conv2d_onnx_op` is restored afterwards. A failed export
     leaves no file behind.
@@ -128,21 +140,110 @@ def _export_dynamo_or_legacy(
     own errors (the legacy exporter would refuse the same call), or on a torch without a legacy
     exporter. ``before_fallback`` deletes what the failed export wrote. If the legacy exporter
     fails too, its error is raised, with the dynamo exporter's as its context.
+
+    Where a fallback can happen, what torch prints while the dynamo exporter runs is held back:
+    shown as it was when the export succeeds or fails without a fallback, logged at DEBUG when the
+    legacy exporter takes over (a failed ``torch.export`` prints dozens of lines of graph dumps,
+    which the user did not ask for and need not read). So are the legacy exporter's TracerWarnings.
     """
-    try:
+    if not fallback or custom_translation_table or not _torch_compat.has_legacy_exporter():
         return _export_dynamo(request, custom_translation_table)
+    dynamo_output = _HeldBack()
+    try:
+        with dynamo_output.holding():
+            result = _export_dynamo(request, None)
     except Exception as error:
-        if not fallback or custom_translation_table or not _fallback_allowed(error):
+        if _our_error(error) is not None:
+            dynamo_output.show()
             raise
+        _log.debug("the dynamo exporter failed; its output:\n%s", dynamo_output.text(), exc_info=error)
         before_fallback()
-        result = _export_legacy(request)
+        result = _export_legacy_holding_tracer_warnings(request)
         warnings.warn(
-            f"export: the dynamo exporter failed ({_first_line(error)}); exported with the "
-            f"legacy exporter instead (pass dynamo=True to get the dynamo exporter's error)",
+            f"export: the dynamo exporter failed ({_summary(error)}); exported with the legacy exporter "
+            f"instead, whose trace keeps the branches the example input takes. dynamo=True raises the "
+            f"dynamo exporter's error; torch's output is logged at DEBUG (logger {_PACKAGE_LOGGER!r})",
             DeformConvWarning,
-            stacklevel=4,
+            stacklevel=_stacklevel_of_the_caller(),
         )
         return result
+    dynamo_output.show()
+    return result
+
+
+def _stacklevel_of_the_caller() -> int:
+    """The ``stacklevel`` that makes a warning given by the calling function name the first line
+    outside this module: the user's call of :func:`export`, however deep the call was made."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _export_legacy_holding_tracer_warnings(request: _Request) -> Any:
+    """:func:`_export_legacy`, its TracerWarnings logged at DEBUG; other warnings pass as usual.
+
+    A model the dynamo exporter refused usually branches on its data, and the legacy tracer gives
+    a TracerWarning at each such branch (and at torchvision's own checks): the fallback's one
+    warning line says what they mean for the model.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return _export_legacy(request)
+    finally:
+        # outside the recording, where the warnings given again reach the user
+        for warning in caught:
+            if issubclass(warning.category, torch.jit.TracerWarning):
+                _log.debug("the legacy exporter's %s", _formatted(warning))
+            else:
+                _warn_again(warning)
+
+
+class _HeldBack:
+    """What a block writes to ``sys.stdout`` and ``sys.stderr``, and the warnings it gives, kept.
+
+    torch prints through ``print``, ``logging`` and ``warnings``, all of which go to
+    ``sys.stdout``/``sys.stderr`` when they write; replacing those (not file descriptors 1 and 2)
+    also works in notebooks, whose streams are not those descriptors.
+    """
+
+    def __init__(self) -> None:
+        self._stdout = io.StringIO()
+        self._stderr = io.StringIO()
+        self._warnings: list[warnings.WarningMessage] = []
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        with contextlib.redirect_stdout(self._stdout), contextlib.redirect_stderr(self._stderr):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    yield
+                finally:
+                    self._warnings = list(caught)
+
+    def show(self) -> None:
+        """Write it out as if it had not been held back (warnings through the filters in force)."""
+        sys.stdout.write(self._stdout.getvalue())
+        sys.stderr.write(self._stderr.getvalue())
+        for warning in self._warnings:
+            _warn_again(warning)
+
+    def text(self) -> str:
+        """All of it, for the log: stdout, stderr, then the warnings."""
+        parts = [self._stdout.getvalue(), self._stderr.getvalue(), *map(_formatted, self._warnings)]
+        return "".join(parts)
+
+
+def _warn_again(warning: warnings.WarningMessage) -> None:
+    """Give a recorded warning again, from where it was first given."""
+    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _formatted(warning: warnings.WarningMessage) -> str:
+    return warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _export_dynamo(request: _Request, custom_translation_table: Optional[TranslationTable]) -> Any:
@@ -178,16 +279,22 @@ def _export_legacy(request: _Request) -> Any:
         torchscript_adapter.register(previous)
 
 
-def _fallback_allowed(error: BaseException) -> bool:
-    """The dynamo exporter failed for a reason the legacy exporter may not have."""
-    return _our_error(error) is None and _torch_compat.has_legacy_exporter()
+def _summary(error: BaseException) -> str:
+    """The error's type and the first line of its first cause's message, fit for one warning line.
 
-
-def _first_line(error: BaseException) -> str:
-    """The error's type and the first line of its message, shortened to fit a warning line."""
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else ""
-    return f"{type(error).__name__}: {line[:200]}{'...' if len(line) > 200 else ''}"
+    torch wraps ``torch.export``'s error (which names what failed: "Could not guard on
+    data-dependent expression ...") in one of its own whose first line is generic and colours its
+    text with terminal escape codes; these are dropped.
+    """
+    root, seen = error, {id(error)}
+    while root.__cause__ is not None and id(root.__cause__) not in seen:
+        root = root.__cause__
+        seen.add(id(root))
+    lines = _ANSI_ESCAPE.sub("", str(root)).strip().splitlines()
+    line = " ".join(lines[0].split()) if lines else ""
+    line = f"{line[:160]}..." if len(line) > 160 else line
+    caused = f", from {type(root).__name__}" if root is not error else ""
+    return f"{type(error).__name__}{caused}: {line}"
 
 
 def _legacy_kwargs(model: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``sampling_nodes``: the nodes of every deformable convolution's sampling in an ONNX model.
 
 Quantizers must leave these in float: they compute pixel coordinates, bilinear weights and the mask,
-where 8 bits cannot hold a position (ONNX Runtime's ``nodes_to_exclude``; README, "Deploying").
+where 8 bits cannot hold a position (ONNX Runtime's ``nodes_to_exclude``; docs/deploying.md).
 The subgraph is found from the graph's structure, not from node names, so that it works on the
 models of every path (legacy and dynamo exports, ``decompose_model``) and every lowering:
 

@@ -15,6 +15,7 @@ from onnx import helper
 from onnx_models import NodeCase, build, onnxruntime_max_opset
 
 from deform_conv2d_onnx_exporter.__main__ import PROGRESS_FROM, main
+from deform_conv2d_onnx_exporter.verify import REFERENCE_EVALUATOR_MAX_SAMPLES
 from deform_conv2d_onnx_exporter.versions import onnxruntime_has_deformconv
 
 #: These tests rewrite ONNX models: their ``opset`` and ``lowering`` are not an exporter's.
@@ -119,6 +120,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"deform-conv2d-onnx {deform_conv2d_onnx_exporter.__version__}\n"
+
+
+def test_verify_help_says_when_the_reference_evaluator_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"up to {REFERENCE_EVALUATOR_MAX_SAMPLES:,} bilinear samples" in text
 
 
 def test_decompose_refuses_to_overwrite_its_input(

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import warnings
@@ -107,7 +108,6 @@ def test_default_export_falls_back_to_the_legacy_exporter(tmp_path: Path) -> Non
         dce.export(module, (torch.randn(2, 4, 12, 10),), str(path), dynamic_shapes=shapes)
     (message,) = _our_warnings(caught)
     assert "dynamo exporter failed" in message and "legacy exporter instead" in message
-    assert "\n" not in message
     graph = onnx.load(str(path)).graph
     assert "DeformConv" not in {node.op_type for node in graph.node}
     # dynamic_shapes became dynamic_axes with the Dim names, under forward's parameter name
@@ -116,6 +116,38 @@ def test_default_export_falls_back_to_the_legacy_exporter(tmp_path: Path) -> Non
     assert (graph_input.name, dims) == ("x", ["batch", "", "height", "width"])
     for size in [(2, 4, 12, 10), (3, 4, 7, 9)]:
         _run_matches(path, module, torch.randn(*size))
+
+
+@pytest.mark.dynamo_default
+def test_fallback_is_one_clean_line_from_the_callers_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing reaches the terminal but our warning; torch's output is logged at DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="deform_conv2d_onnx_exporter")
+    module, x = LoggingAlignment().eval(), torch.randn(2, 4, 12, 10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        dce.export(module, (x,), str(tmp_path / "model.onnx"))
+    assert capfd.readouterr() == ("", "")
+    (warning,) = [w for w in caught if w.category is dce.DeformConvWarning]
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    message = str(warning.message)
+    assert "\n" not in message and "\x1b" not in message, message
+    # the cause torch.export names, not its generic wrapper's first line alone
+    assert "data-dependent" in message
+    held_back = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Converting a tensor to a Python boolean" in held_back  # the legacy tracer's TracerWarning
+    assert any(record.exc_info for record in caplog.records)  # the dynamo exporter's error
+
+
+@pytest.mark.dynamo_default
+def test_a_default_export_that_succeeds_shows_what_torch_prints(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Output is held back only to decide whether to show it: without a fallback it is shown."""
+    dce.export(GradProbe().eval(), (torch.randn(1, 2, 5, 5),), str(tmp_path / "model.onnx"))
+    assert "[torch.onnx]" in capfd.readouterr().out  # torch's progress lines
 
 
 # torch 2.6 - 2.8's dynamo exporter falls back by itself to other ways of capturing the model

@@ -207,7 +207,7 @@ def _quantized_errors(model: onnx.ModelProto, folder: str, **options: object) ->
 def test_quantized_with_sampling_in_float(
     models: dict[tuple[str, str], onnx.ModelProto], path: str, lowering: str, tmp_path: object
 ) -> None:
-    """README's recipe: at two input sizes, within 1.5x the error of quantizing the convolutions alone."""
+    """docs/deploying.md's recipe: at two input sizes, within 1.5x the error of quantizing the convs alone."""
     model = _model(models, path, lowering)
     convs_only = _quantized_errors(model, str(tmp_path), op_types_to_quantize=["Conv"])
     recipe = _quantized_errors(model, str(tmp_path), nodes_to_exclude=dce.sampling_nodes(model))

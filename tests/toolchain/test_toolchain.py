@@ -2,7 +2,7 @@
 
 Test ids are ``test_tool[<tool>-<variant>]``, so the tool x variant table falls out of the run; the
 conftest prints it with the error figures. A tool bug that no graph can avoid is pinned in
-``DOCUMENTED``: its test asserts that failure, and README ("Deploying") gives the workaround.
+``DOCUMENTED``: its test asserts that failure, and docs/deploying.md gives the workaround.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ QUANTIZED_RATIO = 1.5
 
 @dataclass(frozen=True)
 class Documented:
-    """A failure of a pinned tool version that no change of the graph avoids (README, "Deploying").
+    """A failure of a pinned tool version that no change of the graph avoids (docs/deploying.md).
 
     ``message``: a regular expression the tool's error matches; None when the tool runs but gives
     numbers outside the tolerance.
@@ -39,7 +39,7 @@ class Documented:
 
 
 _NCNN = Documented(
-    "ncnn has no comparison, Where or batch; workaround: lowering='grid_sample_ncnn' (README, Deploying)",
+    "ncnn has no comparison, Where or batch; workaround: lowering='grid_sample_ncnn' (docs/deploying.md)",
     r"layers pnnx left without an ncnn equivalent: .*torch\.where",
 )
 _TRACT = Documented(
