@@ -56,8 +56,10 @@ class OnnxScriptEmitter(Emitter[Any]):
 
     def record_shape(self, value: Any, dims: Sequence[Optional[int]]) -> None:
         # Without it the exporter records a reshape's result by its rank alone, and onnxslim
-        # removes a Reshape whose input and output shapes it then reads as equal.
-        value.shape = self._ir.Shape(list(dims))
+        # removes a Reshape whose input and output shapes it then reads as equal. onnxscript
+        # before 0.3 (its own ir, not onnx_ir) fails to serialise a shape set on a traced value.
+        if self._ir.Shape.__module__.startswith("onnx_ir"):
+            value.shape = self._ir.Shape(list(dims))
 
     def static_shape(self, value: Any) -> Optional[Sequence[Optional[int]]]:
         if value.shape is None:

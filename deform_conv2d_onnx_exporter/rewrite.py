@@ -399,6 +399,14 @@ def _convert_other_nodes(model: onnx.ModelProto, source: int, target: int) -> No
     Raises:
         DeformConvExportError: the converter cannot convert the other nodes.
     """
+    if all(form_of(node) is not None for node in model.graph.node):
+        # Nothing else to convert: only the opset changes. (onnx 1.17's converter crashed here on
+        # a model holding one custom-domain node.)
+        onnx_opset = [entry for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+        for entry in onnx_opset:
+            entry.version = target
+        model.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(onnx_opset))
+        return
     skeleton = _weightless(model)
     for node in skeleton.graph.node:
         if node.op_type == "DeformConv" and node.domain in ("", "ai.onnx"):

@@ -257,6 +257,22 @@ def reference_output(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> n
     return out
 
 
+def run_model(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs on ONNX Runtime's CPU provider, or on the reference evaluator where the
+    installed ONNX Runtime cannot run it: ONNX DeformConv before 1.25, an opset above its own."""
+    import onnxruntime
+
+    from deform_conv2d_onnx_exporter.versions import onnxruntime_has_deformconv
+
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    native = any(node.op_type == "DeformConv" for node in model.graph.node)
+    has_deformconv = onnxruntime_has_deformconv(onnxruntime.__version__)
+    if opset > onnxruntime_max_opset() or (native and not has_deformconv):
+        return list(reference_evaluator(model).run(None, inputs))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return list(session.run(None, inputs))
+
+
 def _onnxruntime_max_opset() -> int:
     """The highest opset whose Shape and Reshape the installed ONNX Runtime runs (probed).
 

@@ -284,4 +284,4 @@ def test_console_script(model_path: str) -> None:
     script = shutil.which("deform-conv2d-onnx", path=os.path.dirname(sys.executable))
     assert script is not None, f"no deform-conv2d-onnx beside {sys.executable}: pip install installs it"
     done = subprocess.run([script, "info", model_path], capture_output=True, text=True, check=True)
-    assert "1 DeformConv node(s)" in done.stdout
+    assert "1 deformable convolution node(s)" in done.stdout

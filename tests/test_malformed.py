@@ -20,12 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import FORM_NAMES, NodeCase, build, fits, in_form
+from onnx_models import FORM_NAMES, NodeCase, build, fits, in_form, run_model
 
 from deform_conv2d_onnx_exporter import DeformConvExportError, decompose_model
 from deform_conv2d_onnx_exporter.__main__ import main
@@ -169,16 +168,21 @@ def malformed_models(draw: st.DrawFn) -> onnx.ModelProto:
 
 
 def _run(model: onnx.ModelProto, seed: int = 0) -> list[np.ndarray]:
-    """The model on ONNX Runtime, every input random (symbolic dimensions, which a broken
-    input may have, of size 7)."""
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    """The model on ONNX Runtime (run_model), every input random (symbolic dimensions, which a
+    broken input may have, of size 7)."""
     rng = np.random.default_rng(seed)
+    initializers = {tensor.name for tensor in model.graph.initializer}
     feeds = {}
-    for value in session.get_inputs():
-        shape = [d if isinstance(d, int) else 7 for d in value.shape]
-        dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64}.get(value.type, np.float16)
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else 7 for d in tensor_type.shape.dim]
+        dtype = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}.get(
+            tensor_type.elem_type, np.float16
+        )
         feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-    return list(session.run(None, feeds))
+    return run_model(model, feeds)
 
 
 @settings(max_examples=5 * settings.default.max_examples)  # 300 in CI, 2,500 in ``nox -s fuzz``

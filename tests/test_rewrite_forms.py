@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper
-from onnx_models import CUSTOM_FORMS, NodeCase, build, feeds, fits, in_form
+from onnx_models import CUSTOM_FORMS, NodeCase, build, feeds, fits, in_form, run_model
 
 from deform_conv2d_onnx_exporter import DeformConvExportError, decompose_model
 from deform_conv2d_onnx_exporter.__main__ import main
@@ -31,8 +30,7 @@ def _case(form: str, **changes: object) -> NodeCase:
 
 
 def _ort(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)[0]
+    return run_model(model, inputs)[0]
 
 
 def _set(model: onnx.ModelProto, name: str, value: object) -> onnx.ModelProto:
