@@ -220,19 +220,19 @@ def _grid_sample(portable: bool, graph: Graph[V], params: DeformConvParams, tens
     else:
         columns_bytes = params.in_channels * params.taps * np.dtype(graph.dtype).itemsize
 
+        def convolved(part: V, part_mask: Optional[V], positions: Dim[V]) -> V:
+            with graph.section("sampling"):
+                sampled = bilinear.grid_sample(graph, image, part, part_mask)  # (B*og, Cg, K, Lp)
+            with graph.section("convolution"):
+                return kernel_times_columns(graph, params, sampled, tensors.weight, positions)
+
         def one_slice(first: int, last: int) -> V:
             part = graph.slice(grid, 2, first, last)  # (B*og, K, Lp, 2)
             part_mask = None if mask is None else graph.slice(mask, 3, first, last)  # (B*og, 1, K, Lp)
-            with graph.section("sampling"):
-                columns = bilinear.grid_sample(graph, image, part, part_mask)  # (B*og, Cg, K, Lp)
-            with graph.section("convolution"):
-                return kernel_times_columns(graph, params, columns, tensors.weight, last - first)
+            return convolved(part, part_mask, last - first)
 
         def whole() -> V:
-            with graph.section("sampling"):
-                columns = bilinear.grid_sample(graph, image, grid, mask)  # (B*og, Cg, K, L)
-            with graph.section("convolution"):
-                return kernel_times_columns(graph, params, columns, tensors.weight, graph.positions)
+            return convolved(grid, mask, graph.positions)
 
         out = _by_slices(graph, params, columns_bytes, axis=3, one_slice=one_slice, whole=whole)
     with graph.section("convolution"):  # out: (B, G, Cout/G, L)

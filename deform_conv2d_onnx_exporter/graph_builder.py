@@ -9,7 +9,7 @@ every dimension.
 from __future__ import annotations
 
 import functools
-from typing import Generic, Optional, Sequence, Union
+from typing import Generic, Sequence, Union
 
 import numpy as np
 from onnx import TensorProto
@@ -92,13 +92,9 @@ class Graph(Generic[V]):
         ones = self.op("Expand", self.int64(1), batch)  # (B,)
         return self.op("Sub", self.op("CumSum", ones, self.int64(0)), self.int64(1))
 
-    def samples(self, params: DeformConvParams, positions: Optional[Dim[V]] = None) -> Dim[V]:
-        """B*L*K*og, the number of bilinear samples, or B*Lp*K*og for ``positions`` = Lp of them."""
-        return self.product(
-            self.size("B"),
-            self.positions if positions is None else positions,
-            params.taps * params.offset_groups,
-        )
+    def samples(self, params: DeformConvParams, positions: Dim[V]) -> Dim[V]:
+        """B*Lp*K*og, the number of bilinear samples at ``positions`` = Lp output positions."""
+        return self.product(self.size("B"), positions, params.taps * params.offset_groups)
 
     def padded(self, size: Dim[V]) -> Dim[V]:
         """A size of the input after the gather lowerings' padding: H + 3 or W + 3."""
