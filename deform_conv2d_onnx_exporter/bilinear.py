@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Optional
 
 import numpy as np
+from onnx import TensorProto
 
 from .emitter import V
 from .graph_builder import PAD_AFTER, PAD_BEFORE, Dim, Graph
@@ -94,10 +95,15 @@ class CornerReader(Generic[V]):
         """
         padded = _zero_padded(graph, params, input)  # (B, C, Hp, Wp)
         channels_last = graph.op("Transpose", padded, perm=[0, 2, 3, 1])  # (B, Hp, Wp, C)
-        rows, cg = rows_per_image(graph, params), params.channels_per_offset_group
+        rows, cg = self.rows_addressed(graph, params), params.channels_per_offset_group
         if self.per_image:
             return graph.reshape(channels_last, [graph.size("B"), rows, cg])
-        return graph.reshape(channels_last, [graph.product(graph.size("B"), rows), cg])
+        return graph.reshape(channels_last, [rows, cg])
+
+    def rows_addressed(self, graph: Graph[V], params: DeformConvParams) -> Dim[V]:
+        """How many rows an index of this reader addresses: the whole table's, or one image's."""
+        per_image = rows_per_image(graph, params)
+        return per_image if self.per_image else graph.product(graph.size("B"), per_image)
 
     def rows_of_each_image(self, graph: Graph[V], params: DeformConvParams, index: V) -> V:
         """``index`` (rows within each image, (B, L, K*og, 4)) as rows of :meth:`table`."""
@@ -139,8 +145,8 @@ def _first_rows(graph: Graph[V], params: DeformConvParams) -> V:
     """The first row of each image in a single table of rows: b*Hp*Wp*og, as (B, 1, 1, 1)."""
     batch, per_image = graph.size("B"), rows_per_image(graph, params)
     if isinstance(batch, int) and isinstance(per_image, int):
-        return graph.int64((np.arange(batch) * per_image).reshape(batch, 1, 1, 1))
-    first = graph.op("Mul", graph.batch_indices(), graph.as_value(per_image))  # (B,)
+        return graph.indices((np.arange(batch) * per_image).reshape(batch, 1, 1, 1))
+    first = graph.op("Mul", graph.batch_indices(), graph.as_index(per_image))  # (B,)
     return graph.reshape(first, [batch, 1, 1, 1])
 
 
@@ -154,6 +160,8 @@ def _read_by_gathernd(graph: Graph[V], params: DeformConvParams, table: V, index
     """gathernd: GatherND with batch_dims=1 reads rows of each image."""
     per_image = graph.product(positions, params.taps * params.offset_groups * 4)
     index = graph.reshape(index, [graph.size("B"), per_image, 1])
+    if graph.index_dtype != np.int64:  # GatherND's indices are int64 only
+        index = graph.op("Cast", index, to=TensorProto.INT64)
     corners = graph.op("GatherND", table, index, batch_dims=1)  # (B, Lp*K*og*4, Cg)
     return graph.reshape(corners, [graph.samples(params, positions), 4, params.channels_per_offset_group])
 

@@ -6,10 +6,11 @@ A sample of output position (oy, ox), tap k = (i, j) and offset group g lies at
 
 in unpadded input pixels, y before x. Two forms compute it:
 
-- :func:`corner_rows`, for the gather lowerings, keeps every absolute position in int64: the
-  regular grid p0 + pk is an integer from the sizes, and only the offset is split, into
-  Floor(dp), cast to int64, and the fraction dp - Floor(dp) in [0, 1), which is exact in every
-  float type and is all that the bilinear weights need. Converters and runtimes that compute in
+- :func:`corner_rows`, for the gather lowerings, keeps every absolute position an integer
+  (int32, or int64 where int32 cannot hold the rows: :attr:`.graph_builder.Graph.index_dtype`):
+  the regular grid p0 + pk is an integer from the sizes, and only the offset is split, into
+  Floor(dp), cast to that integer type, and the fraction dp - Floor(dp) in [0, 1), which is
+  exact in every float type and is all that the bilinear weights need. Converters and runtimes that compute in
   half precision (fp16 converters, OpenVINO's bf16 and f16) never retype integers, so the
   positions stay exact there however large the image: a float16 position above 1024 has a
   spacing of 0.5 px, a bfloat16 one above 128 of 1 px or more.
@@ -53,9 +54,9 @@ def corner_rows(graph: Graph[V], params: DeformConvParams, offset: V, mask: Opti
         mask: (B, og*K, oh, ow), channels laid out (og, kh, kw); None for DCNv1.
 
     Returns:
-        index: (B, L, K*og, 4) int64, the row of each corner within its image's table, pixel*og +
-            group, corners ordered (y0, x0), (y0, x1), (y1, x0), (y1, x1); samples ordered taps
-            before offset groups, as the kernel reads channels.
+        index: (B, L, K*og, 4) in ``graph.index_dtype``, the row of each corner within its
+            image's table, pixel*og + group, corners ordered (y0, x0), (y0, x1), (y1, x0),
+            (y1, x1); samples ordered taps before offset groups, as the kernel reads channels.
         weight: (B, L, K*og, 4), each corner's bilinear weight times the mask.
     """
     og, taps = params.offset_groups, params.taps
@@ -76,12 +77,12 @@ def corner_rows(graph: Graph[V], params: DeformConvParams, offset: V, mask: Opti
     (row, fraction_y, within_y), (col, fraction_x, within_x) = axes
     inside = graph.op("And", within_y, within_x)
     # top-left corner: padded pixel row*Wp + col, or padded pixel 0 outside the window
-    padded_width = graph.as_value(graph.padded(graph.size("W")))
+    padded_width = graph.as_index(graph.padded(graph.size("W")))
     top_left = graph.op("Add", graph.op("Mul", row, padded_width), col)
-    top_left = graph.op("Where", inside, top_left, graph.int64(0))
+    top_left = graph.op("Where", inside, top_left, graph.indices(0))
     if og > 1:  # the table holds og rows per pixel: pixel*og + group
         groups = np.tile(np.arange(og), taps)  # the group of each of the K*og samples
-        top_left = graph.op("Add", graph.op("Mul", top_left, graph.int64(og)), graph.int64(groups))
+        top_left = graph.op("Add", graph.op("Mul", top_left, graph.indices(og)), graph.indices(groups))
     flat = [batch, positions, taps * og, 1]
     index = graph.op("Add", graph.reshape(top_left, flat), _corner_steps(graph, params))  # (B, L, K*og, 4)
 
@@ -107,7 +108,8 @@ def _integer_position(
         size: H or W.
 
     Returns:
-        floor: (B, oh, ow, K*og) int64, Floor(p) + PAD_BEFORE: the padded frame's row or column.
+        floor: (B, oh, ow, K*og) in ``graph.index_dtype``, Floor(p) + PAD_BEFORE: the padded
+            frame's row or column.
         fraction: (B, oh, ow, K*og), p - Floor(p), in [0, 1).
         within: (B, oh, ow, K*og) bool, -1 < p < size (torchvision's window along this axis).
     """
@@ -116,21 +118,26 @@ def _integer_position(
     delta = graph.op("Where", graph.op("Less", graph.op("Abs", delta), far), delta, far)
     floor = graph.op("Floor", delta)
     fraction = graph.op("Sub", delta, floor)
-    base = _padded_regular_grid(graph, params, axis)  # p0 + pk + PAD_BEFORE, int64
-    low = graph.op("Add", graph.op("Cast", floor, to=TensorProto.INT64), base)
-    high = graph.op("Add", graph.op("Cast", graph.op("Ceil", delta), to=TensorProto.INT64), base)
+    base = _padded_regular_grid(graph, params, axis)  # p0 + pk + PAD_BEFORE
+    to = TensorProto.INT32 if graph.index_dtype == np.int32 else TensorProto.INT64
+    low = graph.op("Add", graph.op("Cast", floor, to=to), base)
+    high = graph.op("Add", graph.op("Cast", graph.op("Ceil", delta), to=to), base)
     # -1 < p < size  <=>  Ceil(p) >= 0 and Floor(p) < size, here in the padded frame
-    limit = size + PAD_BEFORE if isinstance(size, int) else graph.op("Add", size, graph.int64([PAD_BEFORE]))
+    if isinstance(size, int):
+        limit = graph.indices([size + PAD_BEFORE])
+    else:
+        limit = graph.op("Add", graph.as_index(size), graph.indices([PAD_BEFORE]))
     within = graph.op(
         "And",
-        graph.op("Greater", high, graph.int64(PAD_BEFORE - 1)),
-        graph.op("Less", low, graph.as_value(limit)),
+        graph.op("Greater", high, graph.indices(PAD_BEFORE - 1)),
+        graph.op("Less", low, limit),
     )
     return low, fraction, within
 
 
 def _padded_regular_grid(graph: Graph[V], params: DeformConvParams, axis: int) -> V:
-    """p0 + pk + PAD_BEFORE along one axis, int64: (1, oh, 1, K*og) for y, (1, 1, ow, K*og) for x.
+    """p0 + pk + PAD_BEFORE along one axis, in ``graph.index_dtype``: (1, oh, 1, K*og) for y,
+    (1, 1, ow, K*og) for x.
 
     Two small factors broadcast into it, the output positions o*stride - pad + PAD_BEFORE along
     the axis and the taps' i*dil (or j*dil), so that no tensor of every position is stored.
@@ -140,27 +147,29 @@ def _padded_regular_grid(graph: Graph[V], params: DeformConvParams, axis: int) -
     shape: list[Dim[V]] = [1, count, 1, 1] if axis == 0 else [1, 1, count, 1]
     if isinstance(count, int):
         values = np.arange(count) * stride - pad + PAD_BEFORE
-        positions = graph.int64(values.reshape((1, count, 1, 1) if axis == 0 else (1, 1, count, 1)))
+        positions = graph.indices(values.reshape((1, count, 1, 1) if axis == 0 else (1, 1, count, 1)))
     else:
         # o + 1 for every output position, as a running sum of ones: Range would need a 0-d size,
         # which some tools cannot follow from Shape
-        counts = graph.op("CumSum", graph.op("Expand", graph.int64(1), count), graph.int64(0))  # (o,)
+        counts = graph.op("CumSum", graph.op("Expand", graph.indices(1), count), graph.int64(0))  # (o,)
         # o*stride - pad + PAD_BEFORE = (o + 1)*stride - (stride + pad - PAD_BEFORE)
         positions = graph.op(
-            "Add", graph.op("Mul", counts, graph.int64(stride)), graph.int64(PAD_BEFORE - stride - pad)
+            "Add", graph.op("Mul", counts, graph.indices(stride)), graph.indices(PAD_BEFORE - stride - pad)
         )
         positions = graph.reshape(positions, shape)
     taps = np.repeat(tap_offsets(params, axis), params.offset_groups).reshape(1, 1, 1, -1)
-    return graph.op("Add", positions, graph.int64(taps))
+    return graph.op("Add", positions, graph.indices(taps))
 
 
 def _corner_steps(graph: Graph[V], params: DeformConvParams) -> V:
     """The rows of the four corners after the top-left one: 0, og, Wp*og, (Wp + 1)*og, as (4,)."""
     og, padded_width = params.offset_groups, graph.padded(graph.size("W"))
     if isinstance(padded_width, int):
-        return graph.int64(np.array([0, 1, padded_width, padded_width + 1]) * og)
-    below = graph.op("Mul", padded_width, graph.int64([og]))
-    return graph.op("Concat", graph.int64([0, og]), below, graph.op("Add", below, graph.int64([og])), axis=0)
+        return graph.indices(np.array([0, 1, padded_width, padded_width + 1]) * og)
+    below = graph.op("Mul", graph.as_index(padded_width), graph.indices([og]))
+    return graph.op(
+        "Concat", graph.indices([0, og]), below, graph.op("Add", below, graph.indices([og])), axis=0
+    )
 
 
 def _per_sample(graph: Graph[V], params: DeformConvParams, mask: V) -> V:

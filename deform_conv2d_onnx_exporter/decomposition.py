@@ -35,7 +35,7 @@ from . import bilinear
 from .bilinear import CornerReader
 from .coordinates import corner_rows, normalised_grid
 from .emitter import Emitter, V
-from .graph_builder import Dim, Graph
+from .graph_builder import INT32_ROWS, Dim, Graph
 from .kernel_product import (
     channels_last_kernel,
     kernel_times_channels_last,
@@ -254,6 +254,11 @@ def _gather(reader: CornerReader[V], graph: Graph[V], params: DeformConvParams, 
     slice's four corners, (B*Lp*K*og, 4, Cg), are still in the cache when they are weighted and
     the kernel reads them, and are never all in memory at once.
     """
+    # int32 indices unless static sizes give more rows than they address (README, "Limits": with
+    # symbolic sizes the rows must stay within int32 at run time)
+    rows = reader.rows_addressed(graph, params)
+    if isinstance(rows, int) and rows > INT32_ROWS:
+        graph.index_dtype = np.int64
     with graph.section("coordinates"):
         index, corner_weight = corner_rows(
             graph, params, tensors.offset, tensors.mask

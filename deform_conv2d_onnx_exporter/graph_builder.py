@@ -23,6 +23,9 @@ from .params import DeformConvParams
 PAD_BEFORE = 2
 PAD_AFTER = 1
 
+#: Row indices past this do not fit in int32 (see :attr:`Graph.index_dtype`).
+INT32_ROWS = 2**31
+
 #: A dimension: a Python int when static, else a 1-D int64 graph value of length 1.
 Dim = Union[int, V]
 
@@ -58,6 +61,12 @@ class Graph(Generic[V]):
         self.op = e.op
         self._sources = {"input": (input, e.static_shape(input)), "offset": (offset, e.static_shape(offset))}
         self._dims: dict[tuple[str, int], V] = {}
+        #: The integer type of the gather lowerings' positions and row indices. int32 by default:
+        #: onnxruntime-web's WebGPU provider has no int64 arithmetic and runs every int64 Add, Mul,
+        #: comparison and Where on the CPU, and TensorRT and TFLite are int32 at heart. The gather
+        #: lowerings set int64 when static sizes give more rows than int32 addresses (2^31 padded
+        #: pixels times offset groups, at least 8 GiB of float32 input).
+        self.index_dtype: type[np.signedinteger] = np.int32
 
     # Sizes are read on first use, so that a lowering that needs none (native) leaves no Shape
     # node behind. Every reshape spells out its dimensions: a Reshape that copies (0) or infers (-1)
@@ -83,14 +92,14 @@ class Graph(Generic[V]):
         return self._dims[key]
 
     def batch_indices(self) -> V:
-        """0, 1, ..., B-1 as a (B,) int64 value: a constant when the batch is static."""
+        """0, 1, ..., B-1 as a (B,) value in :attr:`index_dtype`: a constant when the batch is static."""
         batch = self.size("B")
         if isinstance(batch, int):
-            return self.int64(np.arange(batch))
+            return self.indices(np.arange(batch))
         # a running sum of ones minus one: Range would need B as a 0-d scalar, which some tools
         # (ONNX Runtime's symbolic shape inference, tract) cannot follow from Shape
-        ones = self.op("Expand", self.int64(1), batch)  # (B,)
-        return self.op("Sub", self.op("CumSum", ones, self.int64(0)), self.int64(1))
+        ones = self.op("Expand", self.indices(1), batch)  # (B,)
+        return self.op("Sub", self.op("CumSum", ones, self.int64(0)), self.indices(1))
 
     def samples(self, params: DeformConvParams, positions: Dim[V]) -> Dim[V]:
         """B*Lp*K*og, the number of bilinear samples at ``positions`` = Lp output positions."""
@@ -124,6 +133,18 @@ class Graph(Generic[V]):
     def int64(self, value: Union[int, Sequence[int], np.ndarray]) -> V:
         """An int64 constant; a Python int becomes a 0-d scalar."""
         return self.e.constant(np.asarray(value, dtype=np.int64))
+
+    def indices(self, value: Union[int, Sequence[int], np.ndarray]) -> V:
+        """A constant in :attr:`index_dtype`; a Python int becomes a 0-d scalar."""
+        return self.e.constant(np.asarray(value, dtype=self.index_dtype))
+
+    def as_index(self, dim: Dim[V]) -> V:
+        """A dimension as a (1,) value in :attr:`index_dtype`, for arithmetic with row indices."""
+        if isinstance(dim, int):
+            return self.indices([dim])
+        if self.index_dtype == np.int64:
+            return dim
+        return self.op("Cast", dim, to=TensorProto.INT32)
 
     def as_float(self, size: Dim[V]) -> V:
         """A size in the compute dtype.
