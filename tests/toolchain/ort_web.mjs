@@ -1,29 +1,50 @@
-// Runs the jobs of a jobs.json on onnxruntime-web (wasm) in Debian's headless Chromium.
-// Usage: node ort_web.mjs BASE_URL JOBS.json RESULTS.json PROFILE_DIR
-// RESULTS.json maps each job id to {dims, data} or {error}.
+// Runs the jobs of a jobs.json on onnxruntime-web in Debian's headless Chromium.
+// Usage: node ort_web.mjs PAGE_URL JOBS.json RESULTS.json PROFILE_DIR
+// RESULTS.json maps each job id to {dims, data} or {error}, and, for a verbose job, {placement}:
+// execution provider -> {count, nodes}: how many nodes onnxruntime placed on it and which, as
+// "OpType (node name)" (no names when one provider has every node). Its key
+// "peak_kb" holds the peak resident memory of Chromium's processes over the whole run, by process
+// type ("browser", "renderer", "gpu-process", ...): the renderer holds the page and onnxruntime's
+// wasm heap, the GPU process WebGPU's buffers (in its memory, on the software adapter).
 import { writeFileSync, readFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { launch, peakKb } from "./chromium.mjs";
 
-// puppeteer-core lives in the toolchain's node_modules outside the clone (NODE_PATH)
-const require = createRequire(process.env.NODE_PATH + "/");
-const puppeteer = require("puppeteer-core");
+// onnxruntime's verbose log lists the placement after "Node placements": a line "Node(s) placed on
+// [<provider>]. Number of nodes: <n>", then one line "<OpType> (<name>)" a node; or, when one
+// provider has them all, the line "All nodes placed on [<provider>]. Number of nodes: <n>" alone.
+function placement(lines) {
+  const placed = {};
+  let provider = null;
+  for (const line of lines) {
+    const header = line.match(/(?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)/);
+    if (header) {
+      provider = header[1];
+      placed[provider] = { count: Number(header[2]), nodes: [] };
+      continue;
+    }
+    const node = provider && line.match(/VerifyEachNodeIsAssignedToAnEp\]\s+(\S+ \(.*\))\s*$/);
+    if (node) placed[provider].nodes.push(node[1]);
+    else if (provider && !/VerifyEachNodeIsAssignedToAnEp/.test(line)) provider = null;
+  }
+  return placed;
+}
 
-const [base, jobsPath, resultsPath, profile] = process.argv.slice(2);
+const [pageUrl, jobsPath, resultsPath, profile] = process.argv.slice(2);
 const jobs = JSON.parse(readFileSync(jobsPath, "utf8"));
-const browser = await puppeteer.launch({
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  userDataDir: profile,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(profile);
 try {
   const page = await browser.newPage();
-  await page.goto(`${base}/index.html`, { waitUntil: "load" });
+  let lines = [];
+  page.on("console", (message) => lines.push(message.text()));
+  await page.goto(pageUrl, { waitUntil: "load" });
   const results = {};
   for (const job of jobs) {
-    results[job.id] = await page.evaluate((j) => runJob(j), job);
+    lines = [];
+    const result = await page.evaluate((j) => runJob(j), job);
+    if (job.verbose) result.placement = placement(lines);
+    results[job.id] = result;
   }
+  results.peak_kb = peakKb(browser.process().pid);
   writeFileSync(resultsPath, JSON.stringify(results));
 } finally {
   await browser.close();

@@ -17,7 +17,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import onnx
@@ -287,8 +287,36 @@ def _serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, str]:
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+#: Where onnxruntime placed a model's nodes: execution provider -> {"count": how many, "nodes":
+#: ["OpType (node name)", ...]} (onnxruntime names none when one provider has them all).
+Placement = dict[str, dict[str, Any]]
+
+
+@dataclass
+class WebRun:
+    """What one Chromium run of onnxruntime-web gave.
+
+    ``outputs``: (variant, input index) -> output, or the error message. ``placements``: variant
+    -> where onnxruntime placed its nodes (verbose runs only), read from onnxruntime's own log.
+    ``peak_kb``: the peak resident memory of Chromium's processes over the run, by process type.
+    """
+
+    outputs: dict[Job, np.ndarray | str]
+    placements: dict[str, Placement]
+    peak_kb: dict[str, int]
+
+
 def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str]:
-    """Every model on onnxruntime-web's wasm backend in one headless Chromium, served from 127.0.0.1."""
+    """Every model on onnxruntime-web's wasm backend in one headless Chromium."""
+    return ort_web(jobs, folder, "wasm").outputs
+
+
+def ort_web(jobs: list[BatchJob], folder: str, backend: str, verbose: bool = False) -> WebRun:
+    """Every model on onnxruntime-web in one headless Chromium, served from 127.0.0.1.
+
+    ``backend``: "wasm" (its wasm-only bundle) or "webgpu" (the WebGPU bundle, on Chromium's
+    software adapter); ``verbose``: read where onnxruntime placed each model's nodes.
+    """
     modules = os.environ["DCE_NODE_MODULES"]
     os.symlink(os.path.join(modules, "onnxruntime-web", "dist"), os.path.join(folder, "ort"))
     shutil.copy(os.path.join(HERE, "ort_web.html"), os.path.join(folder, "index.html"))
@@ -303,18 +331,21 @@ def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
                     "model": f"{variant.name}.onnx",
                     "input": f"{variant.name}.{index}.bin",
                     "shape": list(x.shape),
+                    "backend": backend,
+                    "verbose": verbose and index == 0,  # the placement is the same for every input
                 }
             )
     with open(os.path.join(folder, "jobs.json"), "w") as file:
         json.dump(listing, file)
     server, url = _serve(folder)
+    bundle = "ort.webgpu.min.js" if backend == "webgpu" else "ort.wasm.min.js"
     try:
         results_path = os.path.join(folder, "results.json")
         driven = subprocess.run(
             [
                 "node",
                 os.path.join(HERE, "ort_web.mjs"),
-                url,
+                f"{url}/index.html?bundle={bundle}",
                 os.path.join(folder, "jobs.json"),
                 results_path,
                 os.path.join(folder, "chromium-profile"),
@@ -322,7 +353,7 @@ def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
             capture_output=True,
             text=True,
             env={**os.environ, "NODE_PATH": modules},
-            timeout=600,
+            timeout=1800,
         )
     finally:
         server.shutdown()
@@ -330,14 +361,19 @@ def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
         raise RuntimeError(f"ort_web.mjs exited with {driven.returncode}: {_last_lines(driven)}")
     with open(results_path) as file:
         results = json.load(file)
-    return {
-        _job(key): (
-            value["error"]
-            if "error" in value
-            else np.asarray(value["data"], np.float32).reshape(value["dims"])
-        )
-        for key, value in results.items()
-    }
+    found: dict[Job, np.ndarray | str] = {}
+    placements: dict[str, Placement] = {}
+    for key, value in results.items():
+        if key == "peak_kb":  # not a job
+            continue
+        name, index = _job(key)
+        if "placement" in value:
+            placements[name] = value["placement"]
+        if "error" in value:
+            found[name, index] = value["error"]
+        else:
+            found[name, index] = np.asarray(value["data"], np.float32).reshape(value["dims"])
+    return WebRun(found, placements, results["peak_kb"])
 
 
 def _job(key: str) -> Job:
