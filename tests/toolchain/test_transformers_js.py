@@ -65,6 +65,7 @@ def write_model_folder(model: nn.Module, folder: str) -> None:
         input_names=[INPUT],
         output_names=[OUTPUT],
         dynamic_shapes=({2: height, 3: width},),
+        verbose=False,
         external_data=False,  # one file: transformers.js looks for external data only when told to
     )
     # float32 inputs and outputs: transformers.js feeds the processor's float32 pixel values as they are
