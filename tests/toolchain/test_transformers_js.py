@@ -5,7 +5,7 @@ The network of the other toolchain tests, exported into a model folder as transf
 onnx/model.onnx and onnx/model_fp16.onnx), is loaded by the library itself, its image processor and
 its model class, in Node (onnxruntime-node, CPU) and in headless Chromium (onnxruntime-web: wasm, and
 WebGPU on the software adapter, float32 only: that adapter has no shader-f16, and transformers.js
-refuses fp16 on WebGPU without it). Test ids are ``<dtype>-<runtime>``. Each run takes two images,
+refuses fp16 on WebGPU without it). Test ids are ``<dtype>-<runtime>-<device>``. Each run takes two images,
 at the export size and at another (the folder's model has symbolic height and width); the processor's
 pixel values must be the ones computed here, and the model's output must match torchvision's on them.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from models import EXPORT_SIZE, OTHER_SIZE, build_model, reference, relative_error
+from models import EXPORT_SIZE, OTHER_SIZE, reference, relative_error
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from test_toolchain import TOLERANCE
 from torch import nn
@@ -89,11 +89,6 @@ def pixel_values(image: np.ndarray) -> np.ndarray:
     """What the folder's image processor makes of an (H, W, 3) uint8 image: (1, 3, H, W) float32."""
     scaled = (image / 255 - np.array(MEAN)) / np.array(STD)
     return scaled.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def network() -> nn.Module:
-    return build_model()
 
 
 @pytest.fixture(scope="module")
