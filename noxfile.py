@@ -356,8 +356,9 @@ def precision(session: nox.Session) -> None:
 
 #: The deployment tools of the ``toolchain`` session, the one place their versions are written down.
 #: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own, because onnx2tf
-#: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web and the
-#: browser driver (puppeteer 24: 25 needs node 22), in a folder outside the clone. "apt": Debian's
+#: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web, the
+#: browser driver (puppeteer 24: 25 needs node 22) and transformers.js (which brings its own
+#: onnxruntime-node and onnxruntime-web releases), in a folder outside the clone. "apt": Debian's
 #: browser the web runtime runs in, and node, installed only with ``DCE_ALLOW_APT=1``.
 TOOLCHAIN = {
     "python": [
@@ -390,7 +391,7 @@ TOOLCHAIN = {
         "requests==2.32.5",
         "flatbuffers==25.12.19",
     ],
-    "npm": ["onnxruntime-web@1.30.0", "puppeteer-core@24.43.1"],
+    "npm": ["onnxruntime-web@1.30.0", "puppeteer-core@24.43.1", "@huggingface/transformers@4.3.2"],
     "apt": ["chromium", "nodejs", "npm"],
 }
 
@@ -437,11 +438,13 @@ def _install_onnx2tf(session: nox.Session, folder: str) -> str:
 
 
 def _install_npm(session: nox.Session, folder: str) -> str:
-    """onnxruntime-web and puppeteer-core under ``folder/node`` (reinstalled when the pins change)."""
+    """``TOOLCHAIN["npm"]`` under ``folder/node`` (reinstalled when the pins change)."""
     node = os.path.join(folder, "node")
     if not _pinned(node, TOOLCHAIN["npm"]):
         os.makedirs(node, exist_ok=True)
-        # puppeteer-core downloads no browser: it drives Debian's chromium
+        # puppeteer-core downloads no browser: it drives Debian's chromium. --ignore-scripts:
+        # onnxruntime-node's install script downloads CUDA libraries from api.nuget.org (and fails
+        # where that host is out of reach); the tests run its CPU binary, which the package holds.
         session.run_install(
             "npm",
             "install",
@@ -450,6 +453,7 @@ def _install_npm(session: nox.Session, folder: str) -> str:
             "--no-save",
             "--no-audit",
             "--no-fund",
+            "--ignore-scripts",
             *TOOLCHAIN["npm"],
             external=True,
         )
