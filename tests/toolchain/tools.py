@@ -311,11 +311,15 @@ def run_ort_web(jobs: list[BatchJob], folder: str) -> dict[Job, np.ndarray | str
     return ort_web(jobs, folder, "wasm").outputs
 
 
-def ort_web(jobs: list[BatchJob], folder: str, backend: str, verbose: bool = False) -> WebRun:
+def ort_web(
+    jobs: list[BatchJob], folder: str, backend: str, verbose: bool = False, summary: bool = False
+) -> WebRun:
     """Every model on onnxruntime-web in one headless Chromium, served from 127.0.0.1.
 
     ``backend``: "wasm" (its wasm-only bundle) or "webgpu" (the WebGPU bundle, on Chromium's
-    software adapter); ``verbose``: read where onnxruntime placed each model's nodes.
+    software adapter); ``verbose``: read where onnxruntime placed each model's nodes; ``summary``:
+    each output is (mean, max |x|) only, so that the page's memory is the model's, not the copy of
+    a large output it hands back.
     """
     modules = os.environ["DCE_NODE_MODULES"]
     os.symlink(os.path.join(modules, "onnxruntime-web", "dist"), os.path.join(folder, "ort"))
@@ -333,6 +337,7 @@ def ort_web(jobs: list[BatchJob], folder: str, backend: str, verbose: bool = Fal
                     "shape": list(x.shape),
                     "backend": backend,
                     "verbose": verbose and index == 0,  # the placement is the same for every input
+                    "summary": summary,
                 }
             )
     with open(os.path.join(folder, "jobs.json"), "w") as file:
