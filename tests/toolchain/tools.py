@@ -2,7 +2,8 @@
 
 A tool either transforms the model and runs the result on ONNX Runtime (onnxsim, onnxslim, fp16
 converters, quantizers, shape inference), or is a runtime of its own (OpenVINO, tract, ncnn, TVM, MNN,
-TFLite, onnxruntime-web; the edge compilers' runners are in edge_compilers.py). The versions are pinned in noxfile.py (``TOOLCHAIN``), the one place they are written.
+TFLite, onnxruntime-web; the edge compilers' runners are in edge_compilers.py). The versions are
+pinned in noxfile.py (``TOOLCHAIN``), the one place they are written.
 """
 
 from __future__ import annotations
