@@ -222,7 +222,7 @@ def ort_without_deformconv(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def openvino(session: nox.Session) -> None:
     """Rewritten models on OpenVINO's CPU plugin (which has no DeformConv), in float32."""
-    _install_without_torch(session, "openvino==2026.4.0", "onnxruntime")
+    _install_without_torch(session, "openvino==2026.4.1", "onnxruntime")
     session.run("python", "-m", "pytest", *TORCH_FREE_OPTIONS, "tests/test_runtimes.py", *session.posargs)
 
 
@@ -365,10 +365,14 @@ TOOLCHAIN = {
         "onnxsim==0.8.1",
         "onnxslim==0.1.98",
         "onnxconverter-common==1.16.0",
-        "openvino==2026.4.0",
+        "openvino==2026.4.1",
         "tract==0.23.9",
         "pnnx==20261020",
         "ncnn==1.0.20261020",
+        "apache-tvm==0.27.0.post1",
+        # TVM's runtime, which apache-tvm requires by a lower bound only
+        "apache-tvm-ffi==0.1.15.post2",
+        "mnn==3.6.1",
     ],
     "onnx2tf": [
         "onnx2tf==1.29.24",

@@ -48,6 +48,20 @@ _TRACT = Documented(
     r"Reshape volume mismatch|Undetermined symbol in expression",
 )
 
+_TVM = Documented(
+    "TVM's Relax ONNX frontend needs each Reshape's shape at compile time, as an expression it folds "
+    "from Shape; it does not fold our sizes (Gather of Shape with a (1,) index, Concat), so every "
+    "dynamic variant fails; workaround: static sizes (export with them, or onnxsim "
+    "overwrite_input_shapes)",
+    r"Reshape requires the input new shape to be Shape",
+)
+_MNN = Documented(
+    "MNN's MatMul that broadcasts the (G, Cout/G, C/G*K) kernel over (B, G, C/G*K, L) columns (the "
+    "GridSample lowerings with groups > 1) reads garbage once a later input has a larger batch than "
+    "the first; workaround: load_module_from_file(..., dynamic=True), or a module per input shape",
+    None,
+)
+
 #: (tool, variant) -> the documented failure. An error must match its message (another error
 #: fails the test); a tool that no longer fails is judged like any other result.
 DOCUMENTED: dict[tuple[str, str], Documented] = {
@@ -57,6 +71,8 @@ DOCUMENTED: dict[tuple[str, str], Documented] = {
         for variant in VARIANTS
         if variant.dynamic and not variant.lowering.startswith("grid_sample")
     },
+    **{("tvm-relax-llvm", variant.name): _TVM for variant in VARIANTS if variant.dynamic},
+    ("mnn", "dynamo-ncnn"): _MNN,
     ("onnx2tf-tflite", "legacy17-static-square"): Documented(
         "onnx2tf cannot tell the layout of the second block's (1, 16, 16, 16) output and fails on "
         "the bilinear weights after it; workaround: convert at an input size where no such tensor "

@@ -1,8 +1,9 @@
 """The deployment tools, each as: take an exported ONNX file, give its outputs for a list of inputs.
 
 A tool either transforms the model and runs the result on ONNX Runtime (onnxsim, onnxslim, fp16
-converters, quantizers, shape inference), or is a runtime of its own (OpenVINO, tract, ncnn, TFLite,
-onnxruntime-web). The versions are pinned in noxfile.py (``TOOLCHAIN``), the one place they are written.
+converters, quantizers, shape inference), or is a runtime of its own (OpenVINO, tract, ncnn, TVM, MNN,
+TFLite, onnxruntime-web; the edge compilers' runners are in edge_compilers.py). The versions are
+pinned in noxfile.py (``TOOLCHAIN``), the one place they are written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import onnx
 import onnxruntime
+from edge_compilers import run_mnn, run_tvm
 from models import INPUT, Variant, make_input
 
 #: Runs one model: (ONNX file, variant, inputs, scratch folder) -> one output per input.
@@ -505,6 +507,8 @@ TOOLS: list[Tool] = [
     Tool("openvino-default-precision", _openvino(None), kind="report", package="openvino", large_size=True),
     Tool("tract", _tract, package="tract"),
     Tool("pnnx-ncnn", _ncnn, fixed_shapes=True, package="pnnx"),
+    Tool("tvm-relax-llvm", run_tvm, package="apache-tvm"),
+    Tool("mnn", run_mnn, package="mnn"),
     # onnx2tf takes 20-50 s a model: the default export, and each static one (dynamic variants
     # are converted at a fixed size anyway)
     BatchTool(
