@@ -8,6 +8,7 @@ pinned in noxfile.py (``TOOLCHAIN``), the one place they are written.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -134,7 +135,9 @@ def _quant_pre_process(path: str, variant: Variant, folder: str) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = os.path.join(folder, "preprocessed.onnx")
-    quant_pre_process(path, out)
+    # it writes its temporary files (sym_shape_infer_temp.onnx, a <uuid>.data) to the working folder
+    with contextlib.chdir(folder):
+        quant_pre_process(path, out)
     return out
 
 
