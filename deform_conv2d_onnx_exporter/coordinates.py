@@ -78,7 +78,9 @@ def corner_rows(graph: Graph[V], params: DeformConvParams, offset: V, mask: Opti
     # top-left corner: padded pixel row*Wp + col, or padded pixel 0 outside the window
     padded_width = graph.as_value(graph.padded(graph.size("W")))
     top_left = graph.op("Add", graph.op("Mul", row, padded_width), col)
-    top_left = graph.op("Where", inside, top_left, graph.int64(0))
+    # a product, not Where(inside, top_left, 0): onnx2tf 2.6 writes an integer Where whose third
+    # operand broadcasts as TFLite's SELECT, which cannot broadcast, and the model does not load
+    top_left = graph.op("Mul", top_left, graph.op("Cast", inside, to=TensorProto.INT64))
     if og > 1:  # the table holds og rows per pixel: pixel*og + group
         groups = np.tile(np.arange(og), taps)  # the group of each of the K*og samples
         top_left = graph.op("Add", graph.op("Mul", top_left, graph.int64(og)), graph.int64(groups))
