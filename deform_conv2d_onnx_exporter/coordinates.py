@@ -194,7 +194,8 @@ def normalised_grid(graph: Graph[V], params: DeformConvParams, offset: V, portab
         portable: the batch first, offset groups beside the taps.
 
     Returns:
-        (B*og, K, L, 2), or (B, og*K, L, 2) if ``portable``.
+        (B*og, K, L, 2), or (B, og*K, 2, L) if ``portable``: there each offset group's part is
+        transposed after it is sliced off (:func:`.bilinear.grid_sample_each_offset_group`).
     """
     og, taps, positions = params.offset_groups, params.taps, graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B*og, K, 2, L), or (B, og*K, 2, L)
@@ -225,11 +226,10 @@ def normalised_grid(graph: Graph[V], params: DeformConvParams, offset: V, portab
     # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
     # The portable form clamps them to +-3 instead, with no comparison; a NaN stays NaN.
     if portable:
-        grid = graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT))
-    else:
-        within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
-        grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
-    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2) | (B, og*K, L, 2)
+        return graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT))
+    within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
+    grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
+    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2)
 
 
 def _regular_grid(graph: Graph[V], params: DeformConvParams, axis: int) -> V:

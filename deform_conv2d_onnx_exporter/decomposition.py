@@ -200,7 +200,7 @@ def _grid_sample(portable: bool, graph: Graph[V], params: DeformConvParams, tens
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
     batch = graph.size("B")
     with graph.section("coordinates"):
-        grid = normalised_grid(graph, params, tensors.offset, portable)  # (B*og, K, L, 2) | (B, og*K, L, 2)
+        grid = normalised_grid(graph, params, tensors.offset, portable)  # (B*og, K, L, 2) | (B, og*K, 2, L)
     with graph.section("sampling"):
         mask = tensors.mask
         if portable:
