@@ -355,8 +355,12 @@ def precision(session: nox.Session) -> None:
 
 
 #: The deployment tools of the ``toolchain`` session, the one place their versions are written down.
-#: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own, because onnx2tf
-#: pins exact older onnx, onnxruntime, numpy and protobuf releases. "npm": onnxruntime-web, the
+#: "python": installed beside the newest torch stack. "onnx2tf": a venv of its own on Python 3.12
+#: (onnx2tf 2.x requires it), because onnx2tf pins exact onnx, onnxruntime, numpy and protobuf
+#: releases; every package in it is pinned here, as pip resolved onnx2tf 2.6.9 (pytest among its
+#: requirements), so that the venv is the same on every machine. No TensorFlow: onnx2tf 2.x writes
+#: the .tflite file itself (its default backend, ``flatbuffer_direct``), and LiteRT
+#: (``ai-edge-litert``) runs it. "npm": onnxruntime-web, the
 #: browser driver (puppeteer 24: 25 needs node 22) and transformers.js (which brings its own
 #: onnxruntime-node and onnxruntime-web releases), in a folder outside the clone. "apt": Debian's
 #: browser the web runtime runs in, and node, installed only with ``DCE_ALLOW_APT=1``.
@@ -375,25 +379,37 @@ TOOLCHAIN = {
         "mnn==3.6.1",
     ],
     "onnx2tf": [
-        "onnx2tf==1.29.24",
-        "tensorflow==2.19.0",
-        "tf-keras==2.19.0",
-        "ai-edge-litert==2.1.0",
-        "onnx==1.19.1",
-        "onnxruntime==1.23.0",
-        "onnxsim==0.4.36",
-        "onnxoptimizer==0.4.2",
-        "onnx-graphsurgeon==0.5.8",
-        "simple-onnx-processing-tools==1.1.32",
-        "sng4onnx==2.0.1",
-        "numpy==1.26.4",
-        "protobuf==4.25.5",
-        "h5py==3.11.0",
-        "ml-dtypes==0.5.1",
-        "psutil==5.9.5",
-        "opencv-python-headless==4.11.0.86",
-        "requests==2.32.5",
+        "onnx2tf==2.6.9",
+        "ai-edge-litert==2.1.2",
+        "backports.strenum==1.2.8",
         "flatbuffers==25.12.19",
+        "h5py==3.14.0",
+        "iniconfig==2.3.1",
+        "markdown-it-py==4.3.0",
+        "mdurl==0.1.2",
+        "ml_dtypes==0.5.4",
+        "mpmath==1.3.0",
+        "numpy==2.2.6",
+        "onnx==1.20.1",
+        "onnx-ir==1.1.0",
+        "onnxoptimizer==0.4.2",
+        "onnxruntime==1.26.0",
+        "onnxscript==0.6.2",
+        "onnxsim==0.6.5",
+        "opencv-python==4.13.0.92",
+        "packaging==26.4",
+        "pluggy==1.7.0",
+        "protobuf==7.35.1",
+        "psutil==5.9.5",
+        "Pygments==2.21.0",
+        "pytest==9.0.2",
+        "rich==15.0.0",
+        "setuptools==81.0.0",
+        "sne4onnx==2.0.1",
+        "sng4onnx==2.0.1",
+        "sympy==1.14.0",
+        "tqdm==4.67.1",
+        "typing_extensions==4.16.0",
     ],
     "npm": ["onnxruntime-web@1.30.0", "puppeteer-core@24.43.1", "@huggingface/transformers@4.3.2"],
     "apt": ["chromium", "nodejs", "npm"],
@@ -421,12 +437,22 @@ def _stamp(folder: str, pins: list[str]) -> None:
         file.write("\n".join(pins))
 
 
+#: The Python version of onnx2tf's venv: onnx2tf 2.x requires 3.12 or newer.
+ONNX2TF_PYTHON = "3.12"
+
+
 def _install_onnx2tf(session: nox.Session, folder: str) -> str:
     """onnx2tf's own venv (created once, rebuilt when the pins change); returns its python."""
     venv = os.path.join(folder, "onnx2tf")
     python = os.path.join(venv, "bin", "python")
     if not _pinned(venv, TOOLCHAIN["onnx2tf"]):
-        session.run_install(os.path.join(session.bin, "python"), "-m", "venv", "--clear", venv, external=True)
+        interpreter = _interpreter(ONNX2TF_PYTHON)
+        if interpreter is None:
+            session.error(
+                f"toolchain: onnx2tf's venv needs Python {ONNX2TF_PYTHON} (onnx2tf 2.x requires it): "
+                f"put python{ONNX2TF_PYTHON} on PATH, or install it with pyenv"
+            )
+        session.run_install(interpreter, "-m", "venv", "--clear", venv, external=True)
         session.run_install(
             python,
             "-m",

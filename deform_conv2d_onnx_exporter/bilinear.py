@@ -44,7 +44,7 @@ def grid_sample_each_offset_group(
 
     Args:
         image: (B, C, H, W).
-        grid: (B, og*K, L, 2).
+        grid: (B, og*K, 2, L), (x, y) normalised, positions last.
         mask: (B, og, K, L) or None.
 
     Returns:
@@ -52,17 +52,24 @@ def grid_sample_each_offset_group(
     """
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
     if og == 1:
-        return grid_sample(graph, image, grid, mask)
+        return grid_sample(graph, image, _xy_last(graph, grid), mask)
+    # each group's taps are sliced off before (x, y) moves last: onnx2tf 2.6 slices the transposed
+    # (B, og*K, L, 2) along the wrong axis
     columns = [
         grid_sample(
             graph,
             graph.slice(image, 1, group * cg, (group + 1) * cg),
-            graph.slice(grid, 1, group * taps, (group + 1) * taps),
+            _xy_last(graph, graph.slice(grid, 1, group * taps, (group + 1) * taps)),
             None if mask is None else graph.slice(mask, 1, group, group + 1),
         )
         for group in range(og)
     ]
     return graph.op("Concat", *columns, axis=1)
+
+
+def _xy_last(graph: Graph[V], grid: V) -> V:
+    """(B, K, 2, L) -> (B, K, L, 2), as GridSample reads the grid."""
+    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])
 
 
 #: Reads the four corners of a slice of samples: (graph, params, table, index, positions) ->

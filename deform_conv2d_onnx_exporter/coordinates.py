@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from onnx import TensorProto
 
 from .emitter import V
 from .graph_builder import PAD_BEFORE, Dim, Graph
@@ -79,7 +78,9 @@ def corner_rows(graph: Graph[V], params: DeformConvParams, offset: V, mask: Opti
     # top-left corner: padded pixel row*Wp + col, or padded pixel 0 outside the window
     padded_width = graph.as_index(graph.padded(graph.size("W")))
     top_left = graph.op("Add", graph.op("Mul", row, padded_width), col)
-    top_left = graph.op("Where", inside, top_left, graph.indices(0))
+    # a product, not Where(inside, top_left, 0): onnx2tf 2.6 writes an integer Where whose third
+    # operand broadcasts as TFLite's SELECT, which cannot broadcast, and the model does not load
+    top_left = graph.op("Mul", top_left, graph.op("Cast", inside, to=graph.index_type))
     if og > 1:  # the table holds og rows per pixel: pixel*og + group
         groups = np.tile(np.arange(og), taps)  # the group of each of the K*og samples
         top_left = graph.op("Add", graph.op("Mul", top_left, graph.indices(og)), graph.indices(groups))
@@ -119,9 +120,8 @@ def _integer_position(
     floor = graph.op("Floor", delta)
     fraction = graph.op("Sub", delta, floor)
     base = _padded_regular_grid(graph, params, axis)  # p0 + pk + PAD_BEFORE
-    to = TensorProto.INT32 if graph.index_dtype == np.int32 else TensorProto.INT64
-    low = graph.op("Add", graph.op("Cast", floor, to=to), base)
-    high = graph.op("Add", graph.op("Cast", graph.op("Ceil", delta), to=to), base)
+    low = graph.op("Add", graph.op("Cast", floor, to=graph.index_type), base)
+    high = graph.op("Add", graph.op("Cast", graph.op("Ceil", delta), to=graph.index_type), base)
     # -1 < p < size  <=>  Ceil(p) >= 0 and Floor(p) < size, here in the padded frame
     if isinstance(size, int):
         limit = graph.indices([size + PAD_BEFORE])
@@ -201,7 +201,8 @@ def normalised_grid(graph: Graph[V], params: DeformConvParams, offset: V, portab
         portable: the batch first, offset groups beside the taps.
 
     Returns:
-        (B*og, K, L, 2), or (B, og*K, L, 2) if ``portable``.
+        (B*og, K, L, 2), or (B, og*K, 2, L) if ``portable``: there each offset group's part is
+        transposed after it is sliced off (:func:`.bilinear.grid_sample_each_offset_group`).
     """
     og, taps, positions = params.offset_groups, params.taps, graph.positions
     # offset: (B, og*K*2, oh, ow) -> (B*og, K, 2, L), or (B, og*K, 2, L)
@@ -232,11 +233,10 @@ def normalised_grid(graph: Graph[V], params: DeformConvParams, offset: V, portab
     # coordinates (and NaN, for which the test is false) are set to -3: outside, read as zero.
     # The portable form clamps them to +-3 instead, with no comparison; a NaN stays NaN.
     if portable:
-        grid = graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT))
-    else:
-        within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
-        grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
-    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2) | (B, og*K, L, 2)
+        return graph.op("Clip", grid, graph.floats(-_GRID_LIMIT), graph.floats(_GRID_LIMIT))
+    within = graph.op("Less", graph.op("Abs", grid), graph.floats(_GRID_LIMIT))
+    grid = graph.op("Where", within, grid, graph.floats(-_GRID_LIMIT))
+    return graph.op("Transpose", grid, perm=[0, 1, 3, 2])  # (B*og, K, L, 2)
 
 
 def _regular_grid(graph: Graph[V], params: DeformConvParams, axis: int) -> V:

@@ -200,7 +200,7 @@ def _grid_sample(portable: bool, graph: Graph[V], params: DeformConvParams, tens
     og, cg, taps = params.offset_groups, params.channels_per_offset_group, params.taps
     batch = graph.size("B")
     with graph.section("coordinates"):
-        grid = normalised_grid(graph, params, tensors.offset, portable)  # (B*og, K, L, 2) | (B, og*K, L, 2)
+        grid = normalised_grid(graph, params, tensors.offset, portable)  # (B*og, K, L, 2) | (B, og*K, 2, L)
     with graph.section("sampling"):
         mask = tensors.mask
         if portable:
@@ -290,8 +290,10 @@ def _gather(reader: CornerReader[V], graph: Graph[V], params: DeformConvParams, 
         whole=lambda: columns(index, corner_weight, graph.positions),
     )
     with graph.section("convolution"):  # out: (B, L, Cout)
-        out = graph.op("Transpose", out, perm=[0, 2, 1])  # (B, Cout, L)
-        out = graph.reshape(out, [graph.size("B"), params.out_channels, graph.size("oh"), graph.size("ow")])
+        # channels-last image first, then the Transpose to NCHW that layout-tracking converters
+        # know: onnx2tf 2.6 takes a (B, Cout, oh, ow) Reshape with Cout = oh = ow for channels-last
+        out = graph.reshape(out, [graph.size("B"), graph.size("oh"), graph.size("ow"), params.out_channels])
+        out = graph.op("Transpose", out, perm=[0, 3, 1, 2])  # (B, Cout, oh, ow)
     return plus_bias(graph, params, out, tensors.bias)
 
 

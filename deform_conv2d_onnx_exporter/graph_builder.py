@@ -134,6 +134,11 @@ class Graph(Generic[V]):
         """An int64 constant; a Python int becomes a 0-d scalar."""
         return self.e.constant(np.asarray(value, dtype=np.int64))
 
+    @property
+    def index_type(self) -> int:
+        """:attr:`index_dtype` as an ONNX element type."""
+        return TensorProto.INT32 if self.index_dtype == np.int32 else TensorProto.INT64
+
     def indices(self, value: Union[int, Sequence[int], np.ndarray]) -> V:
         """A constant in :attr:`index_dtype`; a Python int becomes a 0-d scalar."""
         return self.e.constant(np.asarray(value, dtype=self.index_dtype))
@@ -144,7 +149,7 @@ class Graph(Generic[V]):
             return self.indices([dim])
         if self.index_dtype == np.int64:
             return dim
-        return self.op("Cast", dim, to=TensorProto.INT32)
+        return self.op("Cast", dim, to=self.index_type)
 
     def as_float(self, size: Dim[V]) -> V:
         """A size in the compute dtype.

@@ -22,8 +22,8 @@ INPUT = "image"
 OUTPUT = "features"
 CHANNELS = 3
 #: (H, W) of the export and, for dynamic variants, the other size they are run at. Not square: at
-#: 32x32 the second block's output is (B, 16, 16, 16), whose layout onnx2tf cannot tell (a variant
-#: of its own pins that).
+#: 32x32 the second block's output is (B, 16, 16, 16), whose layout a converter that moves tensors
+#: to channels-last (onnx2tf) cannot tell from its shape; a variant of its own checks that size.
 EXPORT_SIZE = (32, 48)
 OTHER_SIZE = (24, 40)
 #: Where half precision shows (README, "Precision"): the tools that compute in half precision run
@@ -62,7 +62,8 @@ class Variant:
 
     ``decompose``: torch's own dynamo export (native DeformConv) rewritten by ``decompose_model``
     with ``lowering``; ``batch``: the export's batch, static unless ``dynamic``; ``size``: the
-    export's (H, W).
+    export's (H, W). ``lowering="native"`` writes ONNX DeformConv itself, for the tools that
+    have one of their own (``Tool.native``).
     """
 
     name: str
@@ -73,6 +74,10 @@ class Variant:
     batch: int = 1
     decompose: bool = False
     size: tuple[int, int] = EXPORT_SIZE
+
+    @property
+    def native(self) -> bool:
+        return self.lowering == "native"
 
     def sizes(self, large: bool = False) -> list[tuple[int, int, int, int]]:
         """The input shapes (B, C, H, W) to check: the export's, and another one when dynamic
@@ -108,6 +113,8 @@ VARIANTS = [
         batch=2,
         decompose=True,
     ),
+    Variant("native", "dynamo", lowering="native"),
+    Variant("native-static-b2", "dynamo", lowering="native", dynamic=False, batch=2),
 ]
 
 

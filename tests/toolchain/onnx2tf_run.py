@@ -1,9 +1,10 @@
-"""Convert ONNX models with onnx2tf and run the float32 TFLite files in TFLite's interpreter.
+"""Convert ONNX models with onnx2tf and run the float32 .tflite files in the LiteRT interpreter.
 
 Runs in onnx2tf's own venv (noxfile.py, ``TOOLCHAIN["onnx2tf"]``), not in the test's: onnx2tf pins
-older onnx, onnxruntime and numpy. Usage: ``python onnx2tf_run.py JOBS.json``; JOBS.json lists
-``{name, model, inputs: [.npy], shape}``; writes ``JOBS.json.results``: for each "name.index" either
-``{"npy": path}`` of the output (in the ONNX model's layout) or the error's full text.
+its own onnx, onnxruntime, numpy and protobuf, and needs Python 3.12. Usage: ``python onnx2tf_run.py
+JOBS.json``; JOBS.json lists ``{name, model, inputs: [.npy], shape}``; writes ``JOBS.json.results``:
+for each "name.index" either ``{"npy": path}`` of the output (in the ONNX model's layout) or the
+error's full text.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import sys
 
 import numpy as np
 
-# onnx2tf loads 20 sample images from GitHub to check a converted model that takes 4-D 3-channel
-# images, unless a file of this name is in the working directory: these tests stay offline.
-SAMPLES = "calibration_image_sample_data_20x128x128x3_float32.npy"
-
 
 def convert(model: str, shape: list[int], folder: str) -> str:
-    """The float32 TFLite file of ``model`` with its input fixed to ``shape`` (kept channels-first)."""
+    """The float32 .tflite file of ``model`` with its input fixed to ``shape`` (kept channels-first).
+
+    onnx2tf's default backend (``flatbuffer_direct``) writes the file itself, without TensorFlow.
+    """
     import onnx2tf
 
     try:
@@ -50,7 +50,10 @@ def run(tflite: str, x: np.ndarray) -> np.ndarray:
 
 
 def main(jobs_path: str) -> None:
-    np.save(SAMPLES, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    # onnx2tf fixes the input shape by running the command `onnxsim` it finds on PATH: this venv's,
+    # not another environment's (the test's has a newer onnxsim), nor none (then it converts the
+    # model with symbolic sizes, which fails)
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     with open(jobs_path) as file:
         jobs = json.load(file)
     results: dict[str, object] = {}
@@ -72,7 +75,7 @@ def main(jobs_path: str) -> None:
                 np.save(out, run(tflite, x))
                 results[key] = {"npy": out}
             except Exception as error:
-                results[key] = f"TFLite interpreter: {type(error).__name__}: {error}"
+                results[key] = f"LiteRT interpreter: {type(error).__name__}: {error}"
     with open(jobs_path + ".results", "w") as file:
         json.dump(results, file)
 

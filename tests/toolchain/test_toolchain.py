@@ -73,19 +73,15 @@ DOCUMENTED: dict[tuple[str, str], Documented] = {
     },
     **{("tvm-relax-llvm", variant.name): _TVM for variant in VARIANTS if variant.dynamic},
     ("mnn", "dynamo-ncnn"): _MNN,
-    ("onnx2tf-tflite", "legacy17-static-square"): Documented(
-        "onnx2tf cannot tell the layout of the second block's (1, 16, 16, 16) output and fails on "
-        "the bilinear weights after it; workaround: convert at an input size where no such tensor "
-        "has C = H = W",
-        r"Output tensors of a Functional model must be the output of a TensorFlow `Layer`",
-    ),
     **{
-        ("onnx2tf-tflite", variant): Documented(
-            "onnx2tf converts the gather lowerings' batch-2 row indices so that TFLite reads out of "
-            "bounds; workaround: convert at batch 1, or lowering='grid_sample'",
-            r"gather index out of bounds",
+        ("onnx2tf-tflite", variant.name): Documented(
+            "onnx2tf lowers ONNX DeformConv to LiteRT's own operators only with group = offset_group "
+            "= 1 and static sizes, and writes the second block's (2 of each) as the custom operator "
+            "ONNX_DEFORMCONV, which LiteRT lacks; workaround: decompose_model before onnx2tf",
+            r"unresolved custom op: ONNX_DEFORMCONV",
         )
-        for variant in ("dynamo-static-b2", "decomposed-gather_rows-static-b2")
+        for variant in VARIANTS
+        if variant.native
     },
     ("ort-quant-pre-process", "dynamo-gathernd"): Documented(
         "ONNX Runtime's symbolic shape inference gives up on GatherND's output with symbolic sizes "
