@@ -149,9 +149,7 @@ def _padded_regular_grid(graph: Graph[V], params: DeformConvParams, axis: int) -
         values = np.arange(count) * stride - pad + PAD_BEFORE
         positions = graph.indices(values.reshape((1, count, 1, 1) if axis == 0 else (1, 1, count, 1)))
     else:
-        # o + 1 for every output position, as a running sum of ones: Range would need a 0-d size,
-        # which some tools cannot follow from Shape
-        counts = graph.op("CumSum", graph.op("Expand", graph.indices(1), count), graph.int64(0))  # (o,)
+        counts = graph.counting(count)  # o + 1 for every output position, (o,)
         # o*stride - pad + PAD_BEFORE = (o + 1)*stride - (stride + pad - PAD_BEFORE)
         positions = graph.op(
             "Add", graph.op("Mul", counts, graph.indices(stride)), graph.indices(PAD_BEFORE - stride - pad)

@@ -96,10 +96,19 @@ class Graph(Generic[V]):
         batch = self.size("B")
         if isinstance(batch, int):
             return self.indices(np.arange(batch))
-        # a running sum of ones minus one: Range would need B as a 0-d scalar, which some tools
-        # (ONNX Runtime's symbolic shape inference, tract) cannot follow from Shape
-        ones = self.op("Expand", self.indices(1), batch)  # (B,)
-        return self.op("Sub", self.op("CumSum", ones, self.int64(0)), self.indices(1))
+        return self.op("Sub", self.counting(batch), self.indices(1))
+
+    def counting(self, count: V) -> V:
+        """1, 2, ..., n as an (n,) value in :attr:`index_dtype`, for a (1,) value ``count`` = n.
+
+        A running sum of ones: Range would need n as a 0-d scalar, which some tools (ONNX Runtime's
+        symbolic shape inference, tract) cannot follow from Shape.
+        """
+        counts = self.op("CumSum", self.op("Expand", self.indices(1), count), self.int64(0))  # (n,)
+        if self.index_dtype == np.int64:
+            return counts
+        # ONNX's reference evaluator before 1.18 sums int32 into int64 (NumPy's cumsum upcasts)
+        return self.op("Cast", counts, to=self.index_type)
 
     def samples(self, params: DeformConvParams, positions: Dim[V]) -> Dim[V]:
         """B*Lp*K*og, the number of bilinear samples at ``positions`` = Lp output positions."""
