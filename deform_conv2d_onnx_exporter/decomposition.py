@@ -255,10 +255,13 @@ def _gather(reader: CornerReader[V], graph: Graph[V], params: DeformConvParams, 
     the kernel reads them, and are never all in memory at once.
     """
     # int32 indices unless static sizes give more rows than they address (README, "Limits": with
-    # symbolic sizes the rows must stay within int32 at run time)
-    rows = reader.rows_addressed(graph, params)
-    if isinstance(rows, int) and rows > INT32_ROWS:
-        graph.index_dtype = np.int64
+    # symbolic sizes the rows must stay within int32 at run time). The rows are counted only when
+    # every size they depend on is static: with a symbolic one, rows_addressed would write nodes
+    # that nothing reads.
+    counted = ("H", "W") if reader.per_image else ("B", "H", "W")
+    if all(isinstance(graph.size(name), int) for name in counted):
+        if reader.rows_addressed(graph, params) > INT32_ROWS:  # type: ignore[operator]
+            graph.index_dtype = np.int64
     with graph.section("coordinates"):
         index, corner_weight = corner_rows(
             graph, params, tensors.offset, tensors.mask

@@ -161,3 +161,22 @@ def _shape_derived_matmul_operands(model: onnx.ModelProto) -> list[str]:
         for operand in node.input
         if facts(operand) == (False, True)
     ]
+
+
+@pytest.mark.parametrize("lowering", DECOMPOSITIONS)
+@pytest.mark.parametrize(
+    "case",
+    [
+        NodeCase(),
+        NodeCase(symbolic_batch=True),
+        NodeCase(symbolic_size=True),
+        NodeCase(symbolic_batch=True, symbolic_size=True),
+    ],
+    ids=str,
+)
+def test_every_node_is_read(case: NodeCase, lowering: str) -> None:
+    """No node whose outputs nothing reads: a size computed for a decision and then dropped."""
+    model = decompose_model(build(case), lowering=lowering).model
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    unread = [node.name for node in model.graph.node if not any(name in read for name in node.output)]
+    assert not unread, f"nodes nothing reads: {unread}"
