@@ -76,8 +76,9 @@ def corner_rows(graph: Graph[V], params: DeformConvParams, offset: V, mask: Opti
     (row, fraction_y, within_y), (col, fraction_x, within_x) = axes
     inside = graph.op("And", within_y, within_x)
     # top-left corner: padded pixel row*Wp + col, or padded pixel 0 outside the window
-    padded_width = graph.as_index(graph.padded(graph.size("W")))
-    top_left = graph.op("Add", graph.op("Mul", row, padded_width), col)
+    padded_width = graph.padded(graph.size("W"))
+    width_index = graph.as_index(padded_width)  # read by both the top-left row and the corner steps
+    top_left = graph.op("Add", graph.op("Mul", row, width_index), col)
     # a product, not Where(inside, top_left, 0): onnx2tf 2.6 writes an integer Where whose third
     # operand broadcasts as TFLite's SELECT, which cannot broadcast, and the model does not load
     top_left = graph.op("Mul", top_left, graph.op("Cast", inside, to=graph.index_type))
@@ -85,7 +86,10 @@ def corner_rows(graph: Graph[V], params: DeformConvParams, offset: V, mask: Opti
         groups = np.tile(np.arange(og), taps)  # the group of each of the K*og samples
         top_left = graph.op("Add", graph.op("Mul", top_left, graph.indices(og)), graph.indices(groups))
     flat = [batch, positions, taps * og, 1]
-    index = graph.op("Add", graph.reshape(top_left, flat), _corner_steps(graph, params))  # (B, L, K*og, 4)
+    index = graph.op(
+        "Add", graph.reshape(top_left, flat), _corner_steps(graph, params, padded_width, width_index)
+    )
+    # index: (B, L, K*og, 4)
 
     zero = graph.floats(0.0)
     ly, lx = graph.op("Where", inside, fraction_y, zero), graph.op("Where", inside, fraction_x, zero)
@@ -159,12 +163,17 @@ def _padded_regular_grid(graph: Graph[V], params: DeformConvParams, axis: int) -
     return graph.op("Add", positions, graph.indices(taps))
 
 
-def _corner_steps(graph: Graph[V], params: DeformConvParams) -> V:
-    """The rows of the four corners after the top-left one: 0, og, Wp*og, (Wp + 1)*og, as (4,)."""
-    og, padded_width = params.offset_groups, graph.padded(graph.size("W"))
+def _corner_steps(graph: Graph[V], params: DeformConvParams, padded_width: Dim[V], width_index: V) -> V:
+    """The rows of the four corners after the top-left one: 0, og, Wp*og, (Wp + 1)*og, as (4,).
+
+    Args:
+        padded_width: Wp, an int when static.
+        width_index: Wp as a (1,) value in ``graph.index_dtype`` (read only when Wp is symbolic).
+    """
+    og = params.offset_groups
     if isinstance(padded_width, int):
         return graph.indices(np.array([0, 1, padded_width, padded_width + 1]) * og)
-    below = graph.op("Mul", graph.as_index(padded_width), graph.indices([og]))
+    below = graph.op("Mul", width_index, graph.indices([og]))
     return graph.op(
         "Concat", graph.indices([0, og]), below, graph.op("Add", below, graph.indices([og])), axis=0
     )
